@@ -1,0 +1,83 @@
+"""The training-time head: a Keras layer that owns the class weights and calls a margin function of face_losses."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from losses import face_losses
+
+LOSSES = ("arcface", "cosface", "combined", "softmax")
+DEFAULT_MARGINS: dict[str, dict[str, float]] = {
+    "arcface": {"s": 64.0, "m": 0.5},
+    "cosface": {"s": 30.0, "m": 0.4},
+    "combined": {"s": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2},
+    "softmax": {},
+}
+
+
+@keras.saving.register_keras_serializable(package="insightface_tf")
+class MarginHead(keras.layers.Layer):
+    """Class weights `embedding_weights` [D, C] (Xavier normal) and the margin logits of one loss.
+
+    Call it as ``head(embeddings, labels)`` for the training logits (margin applied) and ``head.plain_logits(x)``
+    for the same logits without the margin (s * cos, or the raw product for softmax), whose argmax is the
+    prediction. The weights stay float32 under a mixed-precision policy.
+
+    Args:
+        num_classes: number of identities C.
+        loss: one of LOSSES.
+        margins: overrides of DEFAULT_MARGINS[loss] (s, m for arcface/cosface; s, m1, m2, m3 for combined).
+        seed: seed of the weight initialiser.
+    """
+
+    def __init__(self, num_classes: int, loss: str = "arcface", margins: dict[str, float] | None = None,
+                 seed: int | None = None, **kwargs) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+        margins = dict(margins or {})
+        unknown = set(margins) - set(DEFAULT_MARGINS[loss])
+        if unknown:
+            raise ValueError(f"loss {loss!r} takes margins {sorted(DEFAULT_MARGINS[loss])}; received {sorted(unknown)}")
+        kwargs.setdefault("name", f"{loss}_loss")
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.loss = loss
+        self.margins = {**DEFAULT_MARGINS[loss], **margins}
+        self.seed = seed
+
+    def build(self, embeddings_shape: tuple) -> None:
+        self.embedding_weights = self.add_weight(
+            name="embedding_weights", shape=(int(embeddings_shape[-1]), self.num_classes),
+            initializer=keras.initializers.GlorotNormal(seed=self.seed), dtype="float32")
+
+    def call(self, embeddings, labels):
+        weights = self.embedding_weights
+        if self.loss == "arcface":
+            return face_losses.arcface_logits(embeddings, labels, weights, **self.margins)
+        if self.loss == "cosface":
+            return face_losses.cosface_logits(embeddings, labels, weights, **self.margins)
+        if self.loss == "combined":
+            return face_losses.combined_margin_logits(embeddings, labels, weights, **self.margins)
+        return face_losses.softmax_logits(embeddings, labels, weights)
+
+    def plain_logits(self, embeddings):
+        """Logits without the margin: s*cos(theta) for the margin losses, embeddings @ W for softmax."""
+        if self.loss == "softmax":
+            return face_losses.softmax_logits(embeddings, None, self.embedding_weights)
+        return self.margins["s"] * face_losses.cosine(embeddings, self.embedding_weights)
+
+    def compute_output_shape(self, embeddings_shape: tuple, labels_shape: tuple = None) -> tuple:
+        return (embeddings_shape[0], self.num_classes)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, loss=self.loss, margins=dict(self.margins), seed=self.seed)
+        return config
+
+
+def sparse_softmax_cross_entropy(logits, labels):
+    """Mean sparse softmax cross-entropy in float32 (the seed's inference_loss)."""
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(
+        ops.cast(labels, "int32"), ops.cast(logits, "float32"), from_logits=True))

@@ -1,0 +1,31 @@
+"""Builds one backbone and logs its summary and weight count: ``python -m nets --net_depth=50 --norm=bn``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from config import Config, setup_logging
+
+
+class Args(Config):
+    net_depth: int = 50  # 18, 34, 50, 100, 152 or 200
+    unit_type: str = "ir"  # "ir" or "se_ir"
+    norm: str = "bn"  # "bn", "gn" or "brn"
+    width: int = 1  # 1 (model D) or 4 (the seed's L_Resnet_E_IR.py, models A-C)
+    image_size: list[int] = [112, 112]  # input height, width
+
+
+def main(args: Args) -> None:
+    from nets import get_resnet
+
+    model = get_resnet(args.net_depth, type=args.unit_type, norm=args.norm, width=args.width,
+                       image_size=tuple(args.image_size))
+    model.summary(print_fn=logging.getLogger("nets").info, line_length=120)
+    logging.getLogger("nets").info("%s: %d weights (%d trainable), %d variables", model.name, model.count_params(),
+                                   sum(int(w.numpy().size) for w in model.trainable_weights), len(model.weights))
+
+
+if __name__ == "__main__":
+    setup_logging()
+    main(Args.from_cli(sys.argv[1:]))
