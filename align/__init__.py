@@ -1,0 +1,1 @@
+"""Face alignment: MTCNN detection and the 5-point similarity warp onto the ArcFace template."""

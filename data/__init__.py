@@ -1,0 +1,1 @@
+"""Input formats (image folders, MXNet RecordIO, TFRecords, .bin sets, synthetic identities) -> tf.data."""
