@@ -48,7 +48,10 @@ def _check(key: str, value: Any, tp: Any, raw: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise problem
         (item_type,) = typing.get_args(tp)
-        return [_check(key, item, item_type, raw) for item in value]
+        try:
+            return [_check(key, item, item_type, raw) for item in value]
+        except ValueError:
+            raise problem from None
     if tp is bool:
         if isinstance(value, bool):
             return value

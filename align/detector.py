@@ -1,0 +1,95 @@
+"""MTCNN face detection (the `mtcnn` package, weights inside its wheel) with the seed's settings and face choice.
+
+TensorFlow is imported when the first detector is built, so a process that only dispatches work (the aligner's main
+process) does not pay its ~3 s and ~700 MB.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from align.warp import template_for_size
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face: box (x1, y1, x2, y2), score, and landmarks [5, 2] (x, y) in the template's order."""
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+
+def limit_tensorflow_threads() -> None:
+    """One TensorFlow thread per process: worker processes already use every core, more threads only contend.
+
+    Must run before TensorFlow executes anything in this process.
+    """
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+class FaceDetector:
+    """MTCNN with the seed's parameters (facenet's `align_dataset_mtcnn.py`): minsize 20, thresholds
+    [0.6, 0.7, 0.7], pyramid factor 0.709. The `mtcnn` package's own O-net default threshold (0.8) is overridden."""
+
+    def __init__(self, min_face_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+                 scale_factor: float = 0.709) -> None:
+        if min_face_size <= 0:
+            raise ValueError(f"min_face_size must be a positive number of pixels, got {min_face_size}")
+        if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
+            raise ValueError(f"thresholds must be 3 probabilities (P-net, R-net, O-net), got {list(thresholds)}")
+        if not 0.0 < scale_factor < 1.0:
+            raise ValueError(f"scale_factor must lie in (0, 1), got {scale_factor}")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from mtcnn import MTCNN
+
+        self._mtcnn = MTCNN(device="CPU:0")
+        self._options = dict(min_face_size=min_face_size, scale_factor=scale_factor, threshold_pnet=thresholds[0],
+                             threshold_rnet=thresholds[1], threshold_onet=thresholds[2])
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """All faces in an RGB uint8 [H, W, 3] image, in the detector's order (empty list when there is none)."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {rgb.dtype} {rgb.shape}")
+        rows = self._mtcnn.detect_faces(rgb, box_format="xyxy", output_type="numpy", **self._options)
+        # Row layout: image index, x1, y1, x2, y2, score, the 5 landmark x, then the 5 landmark y.
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 16)
+        return [Face(box=row[1:5].copy(), score=float(row[5]), landmarks=np.stack([row[6:11], row[11:16]], axis=1))
+                for row in rows]
+
+
+def pick_central_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face:
+    """The seed's choice among several faces: argmax(box area - 2 * squared distance of box centre to image centre)."""
+    if not faces:
+        raise ValueError("pick_central_face needs at least one face")
+    height, width = image_shape[:2]
+    boxes = np.stack([face.box for face in faces])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    squared_offsets = ((centres - np.array([width / 2, height / 2])) ** 2).sum(axis=1)
+    return faces[int(np.argmax(areas - 2.0 * squared_offsets))]
+
+
+def template_eye_error(aligned_rgb: np.ndarray, detector: FaceDetector, padding: int | None = None) -> float | None:
+    """Quality check of a similarity-aligned face: the larger distance (pixels) between an eye detected again in the
+    aligned image and the template's eye for its size; None when no face is found again.
+
+    The aligned face fills its frame, which MTCNN's box regression was not trained for, so the image is padded by
+    `padding` pixels (default: half its size) of replicated border before the detection.
+    """
+    size = aligned_rgb.shape[0]
+    if aligned_rgb.shape[1] != size:
+        raise ValueError(f"expected a square aligned face, got shape {aligned_rgb.shape}")
+    padding = size // 2 if padding is None else padding
+    padded = np.pad(aligned_rgb, ((padding, padding), (padding, padding), (0, 0)), mode="edge")
+    faces = detector.detect(padded)
+    if not faces:
+        return None
+    eyes = pick_central_face(faces, padded.shape).landmarks[:2] - padding
+    return float(np.linalg.norm(eyes - template_for_size(size)[:2], axis=1).max())

@@ -1,0 +1,314 @@
+"""MXNet RecordIO (`train.rec` + `train.idx` + `property`, InsightFace's training format) in pure Python.
+
+mxnet is not needed (it does not install beside numpy 2). The format, as dmlc-core writes it:
+
+* a record is a little-endian uint32 magic `0xced7230a`, a uint32 `lrecord` (upper 3 bits: continuation flag,
+  lower 29 bits: length) and the payload zero-padded to 4 bytes. A payload that contains the magic at a 4-byte
+  aligned position is split there into parts flagged 1 (first), 2 (middle), 3 (last); the magic itself is the
+  separator and is put back when the parts are joined.
+* `train.idx` has one `key<TAB>offset` line per logical record.
+* a payload is an IRHeader (`struct "IfQQ"`: flag, label, id, id2) followed, when flag > 0, by `flag` float32
+  labels (the header's own label is then unused), then the encoded image.
+* InsightFace's layout: record 0 is a meta header with label [A, B]; records 1..A-1 are images (label = identity);
+  records A..B-1 describe identities (label = [first image, end image)). Without that header every record is an image.
+* `property` (beside the .rec) reads `num_classes,height,width`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_RECORD_HEADER = struct.Struct("<II")
+_IR_HEADER = struct.Struct("<IfQQ")
+_LENGTH_MASK = (1 << 29) - 1
+_WHOLE, _FIRST, _MIDDLE, _LAST = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class IRHeader:
+    """The image-record header: `labels` holds the scalar label, or the label array when flag > 0."""
+
+    flag: int
+    labels: tuple[float, ...]
+    id: int
+    id2: int
+
+
+def _padded(length: int) -> int:
+    return (length + 3) & ~3
+
+
+class RecordIOFile:
+    """Random access to the logical records of one `.rec` file (thread-safe: reads with `os.pread`)."""
+
+    def __init__(self, rec_path: str | Path) -> None:
+        self.path = Path(rec_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"RecordIO file not found: {self.path}")
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "RecordIOFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _read_exactly(self, offset: int, length: int, what: str) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise ValueError(f"{self.path}: truncated RecordIO file: {what} at offset {offset} needs {length} bytes, "
+                             f"the file ends after {len(data)}")
+        return data
+
+    def _read_part(self, offset: int) -> tuple[int, int, int]:
+        """Returns (continuation flag, payload length, offset of the payload) of the physical record at `offset`."""
+        magic, lrecord = _RECORD_HEADER.unpack(self._read_exactly(offset, _RECORD_HEADER.size, "record header"))
+        if magic != MAGIC:
+            raise ValueError(f"{self.path}: corrupt RecordIO file: expected magic 0x{MAGIC:08x} at offset {offset}, "
+                             f"found 0x{magic:08x}")
+        return lrecord >> 29, lrecord & _LENGTH_MASK, offset + _RECORD_HEADER.size
+
+    def read(self, offset: int) -> tuple[bytes, int]:
+        """Returns (payload of the logical record starting at `offset`, offset of the next record)."""
+        flag, length, start = self._read_part(offset)
+        if flag not in (_WHOLE, _FIRST):
+            raise ValueError(f"{self.path}: corrupt RecordIO file: the record at offset {offset} continues another "
+                             f"one (flag {flag}); the .idx does not match this .rec")
+        parts = [self._read_exactly(start, length, "record payload")]
+        next_offset = start + _padded(length)
+        while flag in (_FIRST, _MIDDLE):
+            part_offset = next_offset
+            flag, length, start = self._read_part(part_offset)
+            if flag not in (_MIDDLE, _LAST):
+                raise ValueError(f"{self.path}: corrupt RecordIO file: the multi-part record at offset {offset} "
+                                 f"is followed by flag {flag} at offset {part_offset} instead of a continuation")
+            parts.append(self._read_exactly(start, length, "record payload"))
+            next_offset = start + _padded(length)
+        return _MAGIC_BYTES.join(parts), next_offset
+
+    def scan_offsets(self) -> list[int]:
+        """Offsets of every logical record, in file order (reads only the 8-byte headers)."""
+        offsets = []
+        offset = 0
+        while offset < self.size:
+            flag, length, start = self._read_part(offset)
+            if flag in (_WHOLE, _FIRST):
+                offsets.append(offset)
+            if start + length > self.size:
+                raise ValueError(f"{self.path}: truncated RecordIO file: the record at offset {offset} needs "
+                                 f"{length} bytes, the file ends after {self.size - start}")
+            offset = start + _padded(length)
+        return offsets
+
+
+def unpack(payload: bytes, source: str = "<record>") -> tuple[IRHeader, bytes]:
+    """Splits a record payload into its IRHeader and the bytes after it (the encoded image)."""
+    if len(payload) < _IR_HEADER.size:
+        raise ValueError(f"{source}: record of {len(payload)} bytes is shorter than the {_IR_HEADER.size}-byte IRHeader")
+    flag, label, id1, id2 = _IR_HEADER.unpack_from(payload)
+    body = payload[_IR_HEADER.size:]
+    if flag == 0:
+        return IRHeader(flag, (label,), id1, id2), body
+    if len(body) < 4 * flag:
+        raise ValueError(f"{source}: IRHeader announces {flag} labels, the record holds only {len(body)} more bytes")
+    labels = tuple(float(x) for x in np.frombuffer(body, dtype="<f4", count=flag))
+    return IRHeader(flag, labels, id1, id2), body[4 * flag:]
+
+
+def pack(labels: float | Sequence[float], image_bytes: bytes, id1: int = 0) -> bytes:
+    """Builds a record payload: IRHeader (label array when `labels` is a sequence) + the encoded image."""
+    if isinstance(labels, (int, float)):
+        return _IR_HEADER.pack(0, float(labels), id1, 0) + image_bytes
+    array = np.asarray(labels, dtype="<f4")
+    return _IR_HEADER.pack(array.size, 0.0, id1, 0) + array.tobytes() + image_bytes
+
+
+def read_index(idx_path: str | Path) -> dict[int, int]:
+    """Reads a `.idx` file into {key: offset}, in file order; ValueError naming the line for a bad one."""
+    index: dict[int, int] = {}
+    with open(idx_path) as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            try:
+                key, offset = int(fields[0]), int(fields[1])
+            except (ValueError, IndexError):
+                raise ValueError(f"{idx_path}:{number}: expected 'key<TAB>offset', got {line.rstrip()!r}") from None
+            index[key] = offset
+    return index
+
+
+def read_property(rec_path: str | Path) -> tuple[int, int, int] | None:
+    """(num_classes, height, width) from the `property` file beside a .rec, or None when there is none."""
+    path = Path(rec_path).with_name("property")
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    try:
+        num_classes, height, width = (int(field) for field in text.split(","))
+    except ValueError:
+        raise ValueError(f"{path}: expected 'num_classes,height,width', got {text!r}") from None
+    return num_classes, height, width
+
+
+def label_of(header: IRHeader) -> int:
+    """The identity of an image record: its scalar label, or the first entry of a label array."""
+    return int(header.labels[0])
+
+
+class RecordIOImages:
+    """The image records of a `.rec` (with its `.idx` when present), by position: `len`, `read(i)`, `describe(i)`.
+
+    Also exposes `num_classes_hint`: from `property`, else from the identity range [A, B) of record 0, else None.
+    """
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
+        self.file = RecordIOFile(rec_path)
+        idx_path = Path(idx_path) if idx_path else self.file.path.with_suffix(".idx")
+        if idx_path.is_file():
+            index = read_index(idx_path)
+        else:
+            log.warning("%s: no index %s beside it; scanning the record headers (slow for big files)",
+                        self.file.path, idx_path)
+            index = dict(enumerate(self.file.scan_offsets()))
+        self.keys, self.offsets, identity_range = self._image_records(index)
+        prop = read_property(self.file.path)
+        if prop is not None:
+            self.num_classes_hint: int | None = prop[0]
+        elif identity_range is not None:
+            self.num_classes_hint = identity_range[1] - identity_range[0]
+        else:
+            self.num_classes_hint = None
+
+    def _image_records(self, index: dict[int, int]) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
+        """(keys, offsets) of the image records and the identity-record range [A, B) when record 0 is a meta header."""
+        if not index:
+            raise ValueError(f"{self.file.path}: the RecordIO file holds no records")
+        first_key = min(index)
+        header, _ = unpack(self.file.read(index[first_key])[0], self.describe_offset(index[first_key]))
+        if first_key == 0 and header.flag > 0:
+            if len(header.labels) < 2:
+                raise ValueError(f"{self.file.path}: record 0 is a meta header with {len(header.labels)} labels; "
+                                 f"expected [first identity record, end]")
+            end_image, end_identity = int(header.labels[0]), int(header.labels[1])
+            keys = list(range(1, end_image))
+            missing = [key for key in keys if key not in index]
+            if missing:
+                raise ValueError(f"{self.file.path}: record 0 announces images 1..{end_image - 1}, the index lacks "
+                                 f"{len(missing)} of them (first: key {missing[0]})")
+            identity_range = (end_image, end_identity)
+        else:
+            keys = list(index)
+            identity_range = None
+        keys_array = np.asarray(keys, dtype=np.int64)
+        offsets = np.asarray([index[key] for key in keys], dtype=np.int64)
+        return keys_array, offsets, identity_range
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def describe_offset(self, offset: int) -> str:
+        return f"{self.file.path} (record at offset {offset})"
+
+    def describe(self, position: int) -> str:
+        return f"{self.file.path} (record {self.keys[position]} at offset {self.offsets[position]})"
+
+    def read(self, position: int) -> tuple[bytes, int]:
+        """(encoded image, label) of the `position`-th image record."""
+        payload, _ = self.file.read(int(self.offsets[position]))
+        header, image = unpack(payload, self.describe(position))
+        return image, label_of(header)
+
+
+def read_recordio(rec_path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """Yields (label, encoded image bytes) for every image record of a `.rec`, using the `.idx` beside it if present.
+
+    Identity records and the meta header (InsightFace layout) are not yielded. A truncated or corrupt file raises a
+    ValueError naming the offset.
+    """
+    images = RecordIOImages(rec_path)
+    try:
+        for position in range(len(images)):
+            image, label = images.read(position)
+            yield label, image
+    finally:
+        images.file.close()
+
+
+def _write_record(stream, payload: bytes) -> None:
+    """Writes one logical record, split into continuation parts where the magic occurs at an aligned position."""
+    starts = [0]
+    ends = []
+    for position in range(0, len(payload) - 3, 4):
+        if payload[position:position + 4] == _MAGIC_BYTES:
+            ends.append(position)
+            starts.append(position + 4)
+    ends.append(len(payload))
+    last = len(starts) - 1
+    for number, (start, end) in enumerate(zip(starts, ends)):
+        if last == 0:
+            flag = _WHOLE
+        else:
+            flag = _FIRST if number == 0 else (_LAST if number == last else _MIDDLE)
+        stream.write(_RECORD_HEADER.pack(MAGIC, (flag << 29) | (end - start)))
+        stream.write(payload[start:end])
+    stream.write(b"\0" * (_padded(len(payload) - starts[-1]) - (len(payload) - starts[-1])))
+
+
+def write_recordio(rec_path: str | Path, samples: Iterable[tuple[int, bytes]], num_classes: int,
+                   image_size: tuple[int, int] = (112, 112)) -> int:
+    """Writes (label, encoded image) samples as an InsightFace `.rec` + `.idx` + `property`; returns the image count.
+
+    Samples must come grouped by label (all images of identity 0, then 1, ...), as InsightFace's identity records
+    describe contiguous ranges. Labels must lie in [0, num_classes).
+    """
+    rec_path = Path(rec_path)
+    rec_path.parent.mkdir(parents=True, exist_ok=True)
+    ranges: dict[int, list[int]] = {}
+    offsets: list[tuple[int, int]] = []
+    with open(rec_path, "wb") as stream:
+        placeholder = pack([0.0, 0.0], b"")
+        offsets.append((0, 0))
+        _write_record(stream, placeholder)
+        key = 1
+        for label, image in samples:
+            if not 0 <= label < num_classes:
+                raise ValueError(f"write_recordio: label {label} outside [0, {num_classes})")
+            if label in ranges and ranges[label][1] != key:
+                raise ValueError(f"write_recordio: samples of label {label} are not contiguous (key {key})")
+            ranges.setdefault(label, [key, key])[1] = key + 1
+            offsets.append((key, stream.tell()))
+            _write_record(stream, pack(float(label), image))
+            key += 1
+        end_image = key
+        for label in sorted(ranges):
+            offsets.append((key, stream.tell()))
+            _write_record(stream, pack([float(value) for value in ranges[label]], b""))
+            key += 1
+        stream.seek(0)
+        # The meta header has the same size as the placeholder, so rewriting it in place keeps every offset valid.
+        _write_record(stream, pack([float(end_image), float(key)], b""))
+    rec_path.with_suffix(".idx").write_text("".join(f"{k}\t{offset}\n" for k, offset in offsets))
+    rec_path.with_name("property").write_text(f"{num_classes},{image_size[0]},{image_size[1]}\n")
+    return end_image - 1
