@@ -1,0 +1,38 @@
+"""The seed's optimisation: piecewise-constant learning rate and L2 weight decay added to the loss."""
+
+from __future__ import annotations
+
+import keras
+
+# Variables the seed decayed (by name: W_conv2d, E_DenseLayer/W, embedding_weights, gamma, alphas): every conv and
+# dense kernel, the class weights, trainable norm gammas and PReLU alphas; never biases or betas.
+DECAYED_SUFFIXES = ("/kernel", "/embedding_weights", "/gamma", "/alpha")
+
+
+def lr_boundaries(lr_steps: list[int], batch_size: int, scale_by_batch: bool) -> list[int]:
+    """The seed's boundaries: lr_steps x int(512 / batch_size) when `scale_by_batch`, else lr_steps as given."""
+    factor = max(1, int(512 / batch_size)) if scale_by_batch else 1
+    return [int(step) * factor for step in lr_steps]
+
+
+def piecewise_schedule(lr_values: list[float], boundaries: list[int]) -> keras.optimizers.schedules.LearningRateSchedule:
+    """lr_values[i] for steps in [boundaries[i-1], boundaries[i]); one value more than boundaries."""
+    if len(lr_values) != len(boundaries) + 1:
+        raise ValueError(f"lr_values needs one value more than lr_steps; received {len(lr_values)} values for "
+                         f"{len(boundaries)} steps")
+    if any(later <= earlier for earlier, later in zip(boundaries, boundaries[1:])):
+        raise ValueError(f"lr_steps must be increasing; received {boundaries}")
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, [float(v) for v in lr_values])
+
+
+def decayed_variables(variables: list) -> list:
+    """The trainable variables that weight decay applies to (see DECAYED_SUFFIXES)."""
+    return [v for v in variables if v.trainable and v.path.endswith(DECAYED_SUFFIXES)]
+
+
+def weight_decay_loss(variables: list, weight_decay: float):
+    """weight_decay * sum(||v||^2) / 2 over `variables`, in float32 (tf.contrib l2_regularizer's convention)."""
+    total = keras.ops.zeros((), dtype="float32")
+    for variable in variables:
+        total = total + keras.ops.sum(keras.ops.square(keras.ops.cast(variable, "float32")))
+    return 0.5 * weight_decay * total

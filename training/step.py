@@ -1,0 +1,70 @@
+"""One training step under a tf.distribute strategy: forward, margin loss, weight decay, backward, update.
+
+Each replica computes its loss as (sum of its cross-entropies) / (global batch) + weight decay / replicas, so that the
+gradients, summed over replicas by the optimiser's all-reduce, are those of the mean loss over the global batch plus
+the weight decay once. Gradient accumulation splits each replica's batch into `grad_accum_steps` micro-batches
+whose gradients are summed before the single update.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from training.optim import decayed_variables, weight_decay_loss
+
+
+def make_train_step(args, strategy: tf.distribute.Strategy, model: keras.Model, head: keras.layers.Layer,
+                    optimizer: keras.optimizers.Optimizer, global_batch: int) -> Callable[[tf.Tensor, tf.Tensor], dict]:
+    """A tf.function (images, labels) -> dict of scalar metrics, summed over replicas, that updates the weights."""
+    replicas = strategy.num_replicas_in_sync
+    micro_batches = args.grad_accum_steps
+    variables = model.trainable_variables + head.trainable_variables
+    decayed = decayed_variables(variables)
+    scale_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def micro_step(images: tf.Tensor, labels: tf.Tensor):
+        with tf.GradientTape() as tape:
+            embeddings = model(images, training=True)
+            logits = head(embeddings, labels)
+            cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            inference_loss = tf.reduce_sum(cross_entropy) / global_batch
+            wd_loss = weight_decay_loss(decayed, args.weight_decay) / (replicas * micro_batches)
+            loss = inference_loss + wd_loss
+            scaled = optimizer.scale_loss(loss) if scale_loss else loss
+        grads = tape.gradient(scaled, variables)
+        labels = tf.cast(labels, tf.int64)
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, axis=-1) == labels, tf.float32))
+        correct_plain = tf.reduce_sum(tf.cast(tf.argmax(head.plain_logits(embeddings), axis=-1) == labels, tf.float32))
+        return grads, {"inference_loss": inference_loss, "wd_loss": wd_loss, "correct": correct,
+                       "correct_plain": correct_plain}
+
+    compiled_micro_step = tf.function(micro_step, jit_compile=args.jit_compile)
+
+    def replica_step(images: tf.Tensor, labels: tf.Tensor) -> dict:
+        grads, totals = None, None
+        for chunk_images, chunk_labels in zip(tf.split(images, micro_batches), tf.split(labels, micro_batches)):
+            chunk_grads, chunk_metrics = compiled_micro_step(chunk_images, chunk_labels)
+            if grads is None:
+                grads, totals = chunk_grads, chunk_metrics
+            else:
+                grads = [g + c for g, c in zip(grads, chunk_grads)]
+                totals = {k: totals[k] + chunk_metrics[k] for k in totals}
+        optimizer.apply_gradients(zip(grads, variables))
+        return totals
+
+    @tf.function
+    def train_step(images: tf.Tensor, labels: tf.Tensor) -> dict:
+        per_replica = strategy.run(replica_step, args=(images, labels))
+        totals = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+        return {
+            "inference_loss": totals["inference_loss"],
+            "wd_loss": totals["wd_loss"],
+            "total_loss": totals["inference_loss"] + totals["wd_loss"],
+            "accuracy": totals["correct"] / global_batch,
+            "accuracy_plain": totals["correct_plain"] / global_batch,
+        }
+
+    return train_step
