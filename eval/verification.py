@@ -5,7 +5,8 @@ Conventions (the seed's, kept exactly so numbers stay comparable with published 
 * ``embeddings`` is [2P, D]; pair k is rows 2k and 2k+1; rows are already L2-normalised, so the squared L2 distance
   ``sum((e1 - e2) ** 2)`` lies in [0, 4]. A pair is predicted "same" when ``distance < threshold`` (strict).
 * Folds are ``KFold(nrof_folds, shuffle=False)``: contiguous blocks of pairs, the first ``P % nrof_folds`` folds one
-  pair longer. With the LFW layout (each fold = its matched lines, then its mismatched lines) they are the official sets.
+  pair longer. With the LFW layout (each fold = its matched lines, then its mismatched lines) they are the official
+  sets.
 * Accuracy: for each fold, the threshold of ``arange(0, 4, 0.01)`` with the best accuracy on the other (training)
   folds, the first one on ties, is applied to the fold. TPR/FPR are the per-threshold means over the test folds.
 * VAL@FAR: for each fold, the training-folds FAR at each threshold of ``arange(0, 4, 0.001)``; the threshold where it
@@ -96,7 +97,8 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
 def fold_slices(nrof_pairs: int, nrof_folds: int) -> list[slice]:
     """The test folds of KFold(nrof_folds, shuffle=False): contiguous, the first nrof_pairs % nrof_folds one longer."""
     if nrof_folds < 2 or nrof_pairs < nrof_folds:
-        raise ValueError(f"need at least 2 folds and one pair per fold; received {nrof_pairs} pairs, {nrof_folds} folds")
+        raise ValueError(f"need at least 2 folds and one pair per fold; received {nrof_pairs} pairs, "
+                         f"{nrof_folds} folds")
     sizes = np.full(nrof_folds, nrof_pairs // nrof_folds)
     sizes[: nrof_pairs % nrof_folds] += 1
     ends = np.cumsum(sizes)
@@ -119,7 +121,8 @@ class _FoldCounts:
     n_diff: np.ndarray  # [F]
 
     @classmethod
-    def count(cls, distances: np.ndarray, issame: np.ndarray, folds: list[slice], thresholds: np.ndarray):
+    def count(cls, distances: np.ndarray, issame: np.ndarray, folds: list[slice],
+              thresholds: np.ndarray) -> "_FoldCounts":
         # float64 comparisons, as numpy 2 does for `float32_array < np.float64(threshold)` in the seed's loop.
         distances = distances.astype(np.float64)
 
@@ -245,11 +248,12 @@ def verify(embeddings: np.ndarray, actual_issame: np.ndarray, nrof_folds: int = 
            far_target: float = FAR_TARGET) -> VerificationResult:
     """Runs the protocol on [2P, D] L2-normalised embeddings (pair k = rows 2k, 2k+1); returns every measurement."""
     embeddings = np.asarray(embeddings)
-    norms = np.linalg.norm(embeddings, axis=1) if embeddings.ndim == 2 else None
-    if norms is not None and norms.size and np.max(np.abs(norms - 1.0)) > 1e-3:
+    distances = pair_distances(embeddings)
+    squared_norms = np.einsum("ij,ij->i", embeddings, embeddings)
+    if squared_norms.size and np.max(np.abs(squared_norms - 1.0)) > 2e-3:
         logger.warning("embeddings are not L2-normalised (row norms %.4g..%.4g): the thresholds 0..4 assume unit rows",
-                       norms.min(), norms.max())
-    return verify_distances(pair_distances(embeddings), actual_issame, nrof_folds, far_target)
+                       np.sqrt(squared_norms.min()), np.sqrt(squared_norms.max()))
+    return verify_distances(distances, actual_issame, nrof_folds, far_target)
 
 
 def evaluate(embeddings: np.ndarray, actual_issame: np.ndarray, nrof_folds: int = 10):

@@ -1,0 +1,83 @@
+"""Verification protocol benchmark: eval.verification on 6,000 pairs (LFW's size) against the seed's loop algorithm.
+
+    .venv/bin/python bench/bench_eval.py [--num_pairs=6000] [--repeats=20]
+
+Times `verify` (accuracy, VAL@FAR, AUC, EER: everything) and the straightforward per-threshold, per-fold reference of
+tests/test_verification.py on the same embeddings, checks they agree to 1e-9, prints a table and writes
+bench/results/eval.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Run as `python bench/bench_eval.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from config import Config, setup_logging  # noqa: E402
+from eval.verification import verify  # noqa: E402
+from tests.test_verification import noisy_pairs, reference_evaluate  # noqa: E402
+
+logger = logging.getLogger("bench_eval")
+
+
+class Args(Config):
+    num_pairs: int = 6000  # pairs evaluated (LFW: 6,000)
+    embedding_size: int = 512  # embedding dimension
+    repeats: int = 20  # timed runs of the vectorised protocol (the median is reported)
+    output_json: str = str(REPO / "bench" / "results" / "eval.json")
+
+
+def median_seconds(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main(args: Args) -> dict:
+    # Noise giving ~87% accuracy, so thresholds and the VAL interpolation matter.
+    embeddings, issame = noisy_pairs(args.num_pairs, dim=args.embedding_size, noise=3.0, seed=0)
+    verify(embeddings, issame)  # warm-up
+    fast = median_seconds(lambda: verify(embeddings, issame), args.repeats)
+    start = time.perf_counter()
+    expected = reference_evaluate(embeddings, issame)
+    naive = time.perf_counter() - start
+    result = verify(embeddings, issame)
+    differences = {
+        "accuracy": float(np.max(np.abs(result.accuracy - expected["accuracy"]))),
+        "tpr": float(np.max(np.abs(result.tpr - expected["tpr"]))),
+        "fpr": float(np.max(np.abs(result.fpr - expected["fpr"]))),
+        "val": abs(result.val - expected["val"]), "far": abs(result.far - expected["far"]),
+    }
+    summary = {
+        "num_pairs": args.num_pairs, "embedding_size": args.embedding_size, "machine": platform.processor() or
+        platform.machine(), "verify_seconds_median": fast, "reference_loop_seconds": naive,
+        "speedup": naive / fast, "max_abs_difference": differences, "agree_to_1e-9": max(differences.values()) <= 1e-9,
+        "accuracy": result.accuracy_mean, "val": result.val, "auc": result.auc, "eer": result.eer,
+    }
+    logger.info("%-34s %12s", "protocol on %d pairs" % args.num_pairs, "seconds")
+    logger.info("%-34s %12.4f", "eval.verification.verify (median)", fast)
+    logger.info("%-34s %12.4f", "seed's loop algorithm (reference)", naive)
+    logger.info("speed-up %.0fx; largest difference %.3g (accuracy %.5f, VAL %.5f, AUC %.5f, EER %.5f)",
+                naive / fast, max(differences.values()), result.accuracy_mean, result.val, result.auc, result.eer)
+    output = Path(args.output_json)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(summary, indent=1) + "\n")
+    logger.info("wrote %s", output)
+    return summary
+
+
+if __name__ == "__main__":
+    setup_logging()
+    main(Args.from_cli(sys.argv[1:]))

@@ -1,0 +1,79 @@
+"""Embeddings of an image set for verification: batches normalised by data.preprocess, left-right flip, L2 norm."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from data.preprocess import normalize
+
+logger = logging.getLogger(__name__)
+
+FLIP_MODES = ("sum", "none", "concat")
+EmbedFn = Callable[[Any], Any]  # float32 [b, H, W, 3] normalised batch -> [b, D] embeddings (any array type)
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; zero rows stay zero (as sklearn.preprocessing.normalize)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0.0, 1.0, norms)
+
+
+def _embed(embed_fn: EmbedFn, rgb_batch: np.ndarray, channel_order: str, first_row: int) -> np.ndarray:
+    embeddings = np.asarray(embed_fn(normalize(rgb_batch, channel_order)), dtype=np.float64)
+    if embeddings.ndim != 2 or embeddings.shape[0] != rgb_batch.shape[0]:
+        raise ValueError(f"embed_fn returned shape {embeddings.shape} for a batch of {rgb_batch.shape[0]} images "
+                         f"(rows {first_row}..); expected [batch, embedding_size]")
+    if not np.all(np.isfinite(embeddings)):
+        raise ValueError(f"embed_fn returned NaN or Inf for images {first_row}..{first_row + len(rgb_batch) - 1}")
+    return embeddings
+
+
+def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_size: int, channel_order: str = "BGR",
+                       flip: str = "sum", description: str = "embeddings") -> tuple[np.ndarray, float]:
+    """Embeds every image (and its left-right mirror) and returns L2-normalised float64 embeddings and XNorm.
+
+    Args:
+        embed_fn: maps a float32 batch already normalised by `data.preprocess.normalize` to [b, D] embeddings
+            (e.g. the embedding keras.Model in inference mode).
+        images_uint8_rgb: [N, H, W, 3] uint8 RGB; never copied whole (batches and their flips are made one at a time).
+        batch_size: images per embed_fn call.
+        channel_order: "BGR" (the seed) or "RGB", as the network was trained.
+        flip: "sum": emb(image) + emb(mirror), then L2 (the seed and InsightFace); "none": emb(image), L2;
+            "concat": [L2(emb(image)), L2(emb(mirror))] / sqrt(2) (facenet's concatenation, scaled to unit norm so
+            squared distances stay in [0, 4], half of facenet's).
+        description: label of the progress bar.
+
+    Returns:
+        embeddings [N, D] ([N, 2D] for "concat"), rows of unit norm; XNorm = the mean L2 norm of the raw embeddings
+        of all images embedded (mirrors included), the seed's statistic.
+    """
+    if flip not in FLIP_MODES:
+        raise ValueError(f"unknown flip {flip!r}; expected one of {', '.join(FLIP_MODES)}")
+    if images_uint8_rgb.ndim != 4 or images_uint8_rgb.shape[-1] != 3 or images_uint8_rgb.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 RGB [N, H, W, 3]; received {images_uint8_rgb.dtype} "
+                         f"{images_uint8_rgb.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, received {batch_size}")
+    parts: list[np.ndarray] = []
+    norm_sum, norm_count = 0.0, 0
+    for start in tqdm(range(0, len(images_uint8_rgb), batch_size), desc=description, unit="batch", leave=False):
+        batch = images_uint8_rgb[start:start + batch_size]
+        views = [_embed(embed_fn, batch, channel_order, start)]
+        if flip != "none":
+            views.append(_embed(embed_fn, batch[:, :, ::-1], channel_order, start))
+        for view in views:
+            norm_sum += float(np.linalg.norm(view, axis=1).sum())
+            norm_count += len(view)
+        if flip == "sum":
+            parts.append(views[0] + views[1])
+        elif flip == "concat":
+            parts.append(np.concatenate([_l2_normalize(v) for v in views], axis=1))
+        else:
+            parts.append(views[0])
+    if not parts:
+        raise ValueError("no images to embed")
+    return _l2_normalize(np.concatenate(parts)), norm_sum / norm_count

@@ -1,0 +1,78 @@
+"""Identity folder + pairs file -> an InsightFace `.bin` verification set (as lfw.bin, agedb_30.bin, ...).
+
+Run:  python -m eval.make_bin --data_dir=output/aligned --pairs_filepath=output/pairs.txt --output_path=output/my.bin
+
+The `.bin` then serves training validation and eval_ckpt_file.py like the public sets: one file, no folder walk,
+images already at the network's size. A file already at `image_size` and in `image_format` is stored byte for byte
+(no re-encoding loss); any other is resized (bilinear) and encoded. Pairs with a missing image raise an error
+naming them (or, with skip_missing, are left out and counted); pairs with an unreadable image are left out and
+counted. The pair order of the pairs file is kept, so the 10 folds stay those of the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import cv2
+
+from config import Config, setup_logging
+from data.bin_dataset import write_bin
+from data.decoding import decode_to_size
+from data.image_io import decode_rgb
+from eval.pairs import read_pair_files, read_pairs, resolve_pair_paths
+
+logger = logging.getLogger("make_bin")
+
+SUFFIXES_OF_FORMAT = {"jpg": (".jpg", ".jpeg"), "png": (".png",)}
+
+
+class Args(Config):
+    data_dir: str = "output/aligned"  # one folder per identity holding its images
+    pairs_filepath: str = "output/pairs.txt"  # LFW pairs.txt or generate_pairs.py output (see eval/pairs.py)
+    output_path: str = "output/custom.bin"  # the .bin to write (replaced if it exists)
+    image_size: list[int] = [112, 112]  # [height, width] stored in the .bin
+    image_format: str = "jpg"  # encoding of images that need re-encoding: "jpg" (as InsightFace's sets) or "png"
+    jpeg_quality: int = 95  # JPEG quality (1-100) when image_format is "jpg"
+    skip_missing: bool = False  # leave out (and count) pairs whose image files are missing instead of failing
+
+
+def encode_image(path: Path, image_size: tuple[int, int], image_format: str, jpeg_quality: int) -> bytes:
+    """The bytes stored for one image: the file itself when already right, else the resized image re-encoded."""
+    encoded = path.read_bytes()
+    if path.suffix.lower() in SUFFIXES_OF_FORMAT[image_format] and \
+            decode_rgb(encoded, str(path)).shape[:2] == image_size:
+        return encoded
+    bgr = cv2.cvtColor(decode_to_size(encoded, str(path), image_size), cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if image_format == "jpg" else []
+    ok, buffer = cv2.imencode(f".{image_format}", bgr, params)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the image as {image_format}")
+    return buffer.tobytes()
+
+
+def main(args: Args) -> Path:
+    if args.image_format not in SUFFIXES_OF_FORMAT:
+        raise ValueError(f"Args: image_format={args.image_format!r}; expected one of {list(SUFFIXES_OF_FORMAT)}")
+    if len(args.image_size) != 2 or min(args.image_size) < 1 or not 1 <= args.jpeg_quality <= 100:
+        raise ValueError(f"Args: image_size={args.image_size} must be [height, width] > 0 and "
+                         f"jpeg_quality={args.jpeg_quality} in 1..100")
+    image_size = (args.image_size[0], args.image_size[1])
+    pairs_file = read_pairs(args.pairs_filepath)
+    resolved = resolve_pair_paths(pairs_file.pairs, args.data_dir, args.skip_missing)
+    usable, encoded_of = read_pair_files(
+        resolved, lambda path: encode_image(path, image_size, args.image_format, args.jpeg_quality),
+        description="encoding images")
+    if not usable:
+        raise ValueError(f"{args.pairs_filepath}: no pair has two readable images under {args.data_dir}")
+    encoded = [encoded_of[resolved.paths[2 * k + side]] for k in usable for side in (0, 1)]
+    path = write_bin(args.output_path, encoded, resolved.issame[usable].tolist())
+    logger.info("wrote %d pairs (%d matched) of %s, %d left out, to %s", len(usable),
+                int(resolved.issame[usable].sum()), args.pairs_filepath, len(pairs_file.pairs) - len(usable), path)
+    return path
+
+
+if __name__ == "__main__":
+    setup_logging()
+    main(Args.from_cli(sys.argv[1:]))

@@ -1,0 +1,116 @@
+"""Verification outputs people read: the JSON report, ROC curves and the hardest pairs as PNG (matplotlib Agg)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # keeps this module free of the TensorFlow import that embedding needs
+    from eval.sets import VerificationSet
+
+HARDEST_SHOWN = 6  # pairs per row of the hardest-pairs picture
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy values -> Python ones; NaN/Inf -> None (strict JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_report(path: str | Path, report: dict[str, Any] | Sequence[dict[str, Any]]) -> Path:
+    """Writes one report dict (or a list of them) as strict JSON, replacing the file atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def _label(report: dict[str, Any]) -> str:
+    step = "" if report.get("step") is None else f" [{report['step']}]"
+    return f"{report['name']}{step} acc {report['accuracy_mean']:.4f} AUC {report['auc']:.4f}"
+
+
+def plot_roc(path: str | Path, reports: Sequence[dict[str, Any]]) -> Path:
+    """Mean ROC of each report: TPR against FPR, on a linear and on a logarithmic FPR axis."""
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    linear, logarithmic = figure.subplots(1, 2)
+    for report in reports:
+        fpr, tpr = np.asarray(report["roc"]["fpr"]), np.asarray(report["roc"]["tpr"])
+        linear.plot(fpr, tpr, label=_label(report))
+        positive = fpr > 0  # log axis: FPR 0 has no place on it
+        logarithmic.plot(fpr[positive], tpr[positive], label=_label(report))
+    linear.plot([0, 1], [1, 0], color="grey", linestyle=":", linewidth=1, label="EER line")
+    logarithmic.set_xscale("log")
+    for axes, title in ((linear, "ROC"), (logarithmic, "ROC, log FPR")):
+        axes.set(xlabel="false positive rate", ylabel="true positive rate", title=title, ylim=(0, 1.01))
+        axes.grid(True, alpha=0.3)
+    linear.legend(loc="lower right", fontsize="small")
+    return _save(figure, path)
+
+
+def _show_row(figure: Figure, grid: Any, row: int, vset: VerificationSet, entries: list[dict[str, Any]],
+              title: str) -> None:
+    for column in range(HARDEST_SHOWN):
+        axes = figure.add_subplot(grid[row, column])
+        axes.set_axis_off()
+        if column >= len(entries):
+            if column == 0:
+                axes.text(0.5, 0.5, f"{title}: none", ha="center", va="center")
+            continue
+        entry = entries[column]
+        k = entry["pair"]
+        axes.imshow(np.hstack([vset.images[2 * k], vset.images[2 * k + 1]]))
+        verdict = "ERROR" if entry["error"] else "correct"
+        axes.set_title(f"pair {k}: d={entry['distance']:.3f}\nthreshold {entry['threshold']:.2f}, {verdict}",
+                       fontsize=8, color="red" if entry["error"] else "black")
+    figure.text(0.01, 1 - (row + 0.5) / 2, title, rotation=90, va="center", fontsize=10)
+
+
+def plot_hardest_pairs(path: str | Path, vset: VerificationSet, report: dict[str, Any]) -> Path:
+    """Side-by-side images of the closest mismatched pairs (false matches when below the threshold, red) and of the
+    farthest matched pairs (false non-matches when not below it), with their distances and fold thresholds."""
+    figure = Figure(figsize=(2.6 * HARDEST_SHOWN, 4.6))
+    grid = figure.add_gridspec(2, HARDEST_SHOWN, left=0.04, right=0.99, top=0.9, bottom=0.02, hspace=0.45)
+    _show_row(figure, grid, 0, vset, report["hardest_false_matches"][:HARDEST_SHOWN], "closest mismatched pairs")
+    _show_row(figure, grid, 1, vset, report["hardest_false_non_matches"][:HARDEST_SHOWN], "farthest matched pairs")
+    figure.suptitle(f"{_label(report)}: {report['false_matches']} false matches, {report['false_non_matches']} false "
+                    "non-matches", fontsize=10)
+    return _save(figure, path)
+
+
+def save_report_files(output_dir: str | Path, vset: VerificationSet, report: dict[str, Any]) -> dict[str, Path]:
+    """Writes `<name>[_<step>]`.json, _roc.png and _hardest_pairs.png into output_dir; returns their paths."""
+    stem = report["name"] if report.get("step") is None else f"{report['name']}_{report['step']}"
+    stem = re.sub(r"[^\w.-]+", "_", stem)
+    output_dir = Path(output_dir)
+    return {
+        "json": write_json_report(output_dir / f"{stem}.json", report),
+        "roc": plot_roc(output_dir / f"{stem}_roc.png", [report]),
+        "hardest_pairs": plot_hardest_pairs(output_dir / f"{stem}_hardest_pairs.png", vset, report),
+    }
