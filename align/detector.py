@@ -7,11 +7,16 @@ process) does not pay its ~3 s and ~700 MB.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from align.warp import template_for_size
+
+# Fewer of TensorFlow's C++ start-up notices, which every worker process prints (those absl writes before its log is
+# initialised still appear); Python-side warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @dataclass(frozen=True)
@@ -34,19 +39,23 @@ def limit_tensorflow_threads() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+def check_detector_settings(min_face_size: int, thresholds: Sequence[float], scale_factor: float) -> None:
+    """Raises ValueError naming the MTCNN setting that is out of range."""
+    if min_face_size <= 0:
+        raise ValueError(f"min_face_size must be a positive number of pixels, got {min_face_size}")
+    if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError(f"thresholds must be 3 probabilities (P-net, R-net, O-net), got {list(thresholds)}")
+    if not 0.0 < scale_factor < 1.0:
+        raise ValueError(f"scale_factor must lie in (0, 1), got {scale_factor}")
+
+
 class FaceDetector:
     """MTCNN with the seed's parameters (facenet's `align_dataset_mtcnn.py`): minsize 20, thresholds
     [0.6, 0.7, 0.7], pyramid factor 0.709. The `mtcnn` package's own O-net default threshold (0.8) is overridden."""
 
-    def __init__(self, min_face_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+    def __init__(self, min_face_size: int = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
                  scale_factor: float = 0.709) -> None:
-        if min_face_size <= 0:
-            raise ValueError(f"min_face_size must be a positive number of pixels, got {min_face_size}")
-        if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
-            raise ValueError(f"thresholds must be 3 probabilities (P-net, R-net, O-net), got {list(thresholds)}")
-        if not 0.0 < scale_factor < 1.0:
-            raise ValueError(f"scale_factor must lie in (0, 1), got {scale_factor}")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        check_detector_settings(min_face_size, thresholds, scale_factor)
         from mtcnn import MTCNN
 
         self._mtcnn = MTCNN(device="CPU:0")

@@ -44,8 +44,8 @@ def estimate_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
         raise ValueError("the source points all coincide; no similarity transform is defined")
     covariance = target_centred.T @ source_centred / len(source)
     u, singular_values, vt = np.linalg.svd(covariance)
-    # Forces a proper rotation: a mirror image would fit better than any rotation only for degenerate input.
-    signs = np.array([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
+    # Umeyama's sign correction: keeps a proper rotation where the best orthogonal fit would be a reflection.
+    signs = np.array([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
     rotation = u @ np.diag(signs) @ vt
     scale = (singular_values * signs).sum() / source_variance
     shift = target_mean - scale * rotation @ source_mean
