@@ -29,6 +29,16 @@ def decode_rgb(encoded: bytes, source: str = "<bytes>") -> np.ndarray:
     return cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2RGB)
 
 
+def decode_to_size(encoded: bytes, source: str, image_size: tuple[int, int] | None) -> np.ndarray:
+    """Decodes JPEG/PNG/BMP bytes to RGB uint8 [H, W, 3], resized (bilinear) to `image_size` = (height, width) when
+    given and different; ValueError naming `source` when undecodable."""
+    image = decode_rgb(encoded, source)
+    if image_size is not None and image.shape[:2] != tuple(image_size):
+        height, width = image_size
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return image
+
+
 def read_rgb(path: str | Path, image_size: tuple[int, int] | None = None) -> np.ndarray:
     """Reads an image file as RGB uint8 [H, W, 3], resized (bilinear) to `image_size` = (height, width) if given.
 
@@ -39,8 +49,4 @@ def read_rgb(path: str | Path, image_size: tuple[int, int] | None = None) -> np.
         encoded = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
-    image = decode_rgb(encoded, str(path))
-    if image_size is not None and image.shape[:2] != tuple(image_size):
-        height, width = image_size
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    return image
+    return decode_to_size(encoded, str(path), image_size)

@@ -195,7 +195,8 @@ class TFRecordImages:
         return len(self.offsets)
 
     def describe(self, position: int) -> str:
-        return f"{self.files[self.file_ids[position]]} (record at offset {self.offsets[position] - _LENGTH_HEADER.size})"
+        record_offset = self.offsets[position] - _LENGTH_HEADER.size
+        return f"{self.files[self.file_ids[position]]} (record at offset {record_offset})"
 
     def read(self, position: int) -> tuple[bytes, int]:
         """(encoded image, label) of the `position`-th record."""

@@ -19,7 +19,7 @@ import cv2
 
 from config import Config, setup_logging
 from data.bin_dataset import write_bin
-from data.decoding import decode_to_size
+from data.image_io import decode_to_size
 from data.image_io import decode_rgb
 from eval.pairs import read_pair_files, read_pairs, resolve_pair_paths
 

@@ -1,0 +1,116 @@
+"""Input-pipeline throughput: folder, RecordIO and TFRecords -> normalised 112x112 batches; `.bin` load time.
+
+    .venv/bin/python bench/bench_input_pipeline.py
+    .venv/bin/python bench/bench_input_pipeline.py --num_identities=200 --images_per_identity=50 --batch_size=256
+
+Builds a synthetic data set (data/synthetic.py) in `work_dir` once, packs it as a `.rec`, TFRecord shards and a
+`.bin` of `bin_pairs` pairs, then times one full epoch per format (decode, resize check, flip, normalise, batch) after
+a warm-up epoch, and `load_bin`. Logs a table and writes bench/results/input_pipeline.json. The numbers depend on
+what else runs on the machine: the JSON records the CPU count and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tensorflow as tf  # noqa: E402
+
+from config import Config, setup_logging  # noqa: E402
+from data.bin_dataset import load_bin, write_bin  # noqa: E402
+from data.image_folders import FolderImages  # noqa: E402
+from data.recordio import write_recordio  # noqa: E402
+from data.synthetic import generate  # noqa: E402
+from data.tfrecords import write_tfrecords  # noqa: E402
+from data.train_data import open_train_data  # noqa: E402
+
+log = logging.getLogger("bench_input_pipeline")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Args(Config):
+    work_dir: str = str(RESULTS / "input_pipeline_data")  # where the generated data sets are kept between runs
+    num_identities: int = 100  # synthetic identities
+    images_per_identity: int = 60  # images per identity (100 x 60 = 6,000 images)
+    batch_size: int = 128  # training batch size
+    bin_pairs: int = 6000  # pairs of the .bin (12,000 images, LFW's size)
+    output_json: str = str(RESULTS / "input_pipeline.json")  # results file
+
+
+def prepare(args: Args) -> dict[str, Path]:
+    """Generates the data sets once (kept in work_dir); returns {format: path}."""
+    work = Path(args.work_dir)
+    folder = generate(work / "folder", args.num_identities, args.images_per_identity, seed=0)
+    images = FolderImages(folder)
+    samples = [images.read(position) for position in range(len(images))]
+    rec = work / "recordio" / "train.rec"
+    if not rec.is_file():
+        write_recordio(rec, ((label, image) for image, label in samples), len(images.class_names))
+    tfrecords = work / "tfrecords"
+    if not (tfrecords / "dataset_info.json").is_file():
+        write_tfrecords(samples, tfrecords, len(samples), len(images.class_names), images.class_names,
+                        images_per_shard=2000)
+    bin_path = work / "pairs.bin"
+    if not bin_path.is_file():
+        encoded = [samples[index % len(samples)][0] for index in range(2 * args.bin_pairs)]
+        write_bin(bin_path, encoded, [index % 2 == 0 for index in range(args.bin_pairs)])
+    return {"folder": folder, "recordio": rec, "tfrecord": tfrecords, "bin": bin_path}
+
+
+def time_epoch(source: Path, batch_size: int) -> dict[str, float]:
+    """Images per second of one epoch, after a warm-up epoch (file cache and tf.data autotuning), and the CPU time
+    the process spent per image (all threads): on a shared machine, 1 / that is the rate per free core."""
+    data = open_train_data(str(source))
+    for _ in data.dataset(batch_size, epoch=0, seed=0):
+        pass
+    start, cpu_start = time.perf_counter(), time.process_time()
+    count = 0
+    for images, _ in data.dataset(batch_size, epoch=1, seed=0):
+        count += int(images.shape[0])
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"images": count, "seconds": round(seconds, 3), "images_per_second": round(count / seconds, 1),
+            "cpu_microseconds_per_image": round(cpu_seconds / count * 1e6, 1),
+            "images_per_cpu_second": round(count / cpu_seconds, 1)}
+
+
+def time_bin(path: Path) -> dict[str, float]:
+    start = time.perf_counter()
+    images, issame = load_bin(path)
+    seconds = time.perf_counter() - start
+    return {"images": len(images), "seconds": round(seconds, 3), "megabytes": round(images.nbytes / 2**20, 1)}
+
+
+def main(args: Args) -> None:
+    paths = prepare(args)
+    load_before = os.getloadavg()
+    results = {fmt: time_epoch(paths[fmt], args.batch_size) for fmt in ("folder", "recordio", "tfrecord")}
+    results["bin"] = time_bin(paths["bin"])
+    load_after = os.getloadavg()
+    log.info("%-9s %8s %9s %10s %14s %16s", "format", "images", "seconds", "images/s", "CPU us/image",
+             "images/CPU-second")
+    for fmt in ("folder", "recordio", "tfrecord"):
+        row = results[fmt]
+        log.info("%-9s %8d %9.2f %10.1f %14.1f %16.1f", fmt, row["images"], row["seconds"], row["images_per_second"],
+                 row["cpu_microseconds_per_image"], row["images_per_cpu_second"])
+    log.info("%-9s %8d %9.2f %12s  (load_bin, %.0f MB uint8)", "bin", results["bin"]["images"],
+             results["bin"]["seconds"], "-", results["bin"]["megabytes"])
+    log.info("conditions: %d CPUs, load average %.2f before / %.2f after (1 min), batch %d",
+             os.cpu_count(), load_before[0], load_after[0], args.batch_size)
+    report = {"results": results, "batch_size": args.batch_size, "image_size": [112, 112],
+              "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after,
+              "tensorflow": tf.__version__, "python": platform.python_version(), "args": args.to_dict()}
+    Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output_json).write_text(json.dumps(report, indent=1) + "\n")
+    log.info("wrote %s", args.output_json)
+
+
+if __name__ == "__main__":
+    setup_logging()
+    main(Args.from_cli(sys.argv[1:]))

@@ -1,0 +1,176 @@
+"""InsightFace `.bin` verification sets (lfw, cfp_ff, cfp_fp, agedb_30, ...): a pickle of (encoded images, issame).
+
+Images 2k and 2k+1 form pair k; `issame[k]` tells whether they show one person. Files written by Python 2 hold the
+images as `str`, read here as bytes (`encoding="bytes"`).
+
+A pickle can run any function while it loads, so `.bin` files are read with a restricted unpickler: it builds
+only what such a file holds (tuples, lists, bytes, bools, ints, and numpy arrays of those) and refuses, before
+anything runs, every other class or callable a file asks for. Images stay uint8 (12,000 LFW images at 112x112 take
+0.45 GB; the seed built two float64 arrays of 3.6 GB each); the evaluator flips them on the fly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from data.image_io import decode_to_size
+from data.image_io import decode_rgb
+
+log = logging.getLogger(__name__)
+
+_DECODE_THREADS = min(8, os.cpu_count() or 1)  # OpenCV decodes with the GIL released
+
+
+class UnsafePickleError(ValueError):
+    """A `.bin` asked for a class or function that a verification set never holds; nothing of it was run."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """What `_codecs.encode` does in Python-3 pickles of bytes (protocol 2), restricted to that one use."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only the latin-1 "
+                                f"encoding of a bytes object is allowed")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The only names a `.bin` may ask for: pure constructors of bytes and numpy arrays, none with side effects."""
+    from numpy._core import multiarray
+
+    allowed: dict[tuple[str, str], Any] = {("_codecs", "encode"): _latin1_encode}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    return allowed
+
+
+class _BinUnpickler(pickle.Unpickler):
+    def __init__(self, stream: io.BufferedIOBase, path: Path) -> None:
+        super().__init__(stream, encoding="bytes")
+        self.path = path
+        self.allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        module_text = module.decode() if isinstance(module, bytes) else module
+        name_text = name.decode() if isinstance(name, bytes) else name
+        try:
+            return self.allowed[(module_text, name_text)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self.path}: refused to load {module_text}.{name_text}: a .bin verification set holds only "
+                f"encoded images and booleans, so this file is not one (it could run code); nothing was executed"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self.path}: refused a persistent id {pid!r}; not a .bin verification set")
+
+
+def _as_bytes(item: Any, path: Path, index: int) -> bytes:
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8:
+        return item.tobytes()
+    raise ValueError(f"{path}: image {index} is a {type(item).__name__}, expected encoded image bytes")
+
+
+def _as_bool(item: Any, path: Path, index: int) -> bool:
+    if isinstance(item, (bool, np.bool_)) or (isinstance(item, (int, np.integer)) and item in (0, 1)):
+        return bool(item)
+    raise ValueError(f"{path}: issame entry {index} is {item!r}, expected a boolean")
+
+
+def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
+    """The encoded images and the issame flags of a `.bin`, without decoding; refuses a hostile file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f".bin verification set not found: {path}")
+    with open(path, "rb") as stream:
+        try:
+            content = _BinUnpickler(stream, path).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                MemoryError) as err:
+            raise ValueError(f"{path}: not a readable .bin verification set ({type(err).__name__}: {err})") from None
+    if not isinstance(content, (tuple, list)) or len(content) != 2:
+        raise ValueError(f"{path}: expected a pickle of (images, issame), got a {type(content).__name__}")
+    images, issame = content
+    if not isinstance(images, (list, tuple, np.ndarray)) or not isinstance(issame, (list, tuple, np.ndarray)):
+        raise ValueError(f"{path}: expected (list of images, list of booleans), got ({type(images).__name__}, "
+                         f"{type(issame).__name__})")
+    if len(images) != 2 * len(issame):
+        raise ValueError(f"{path}: {len(images)} images for {len(issame)} pairs; expected 2 images per pair")
+    encoded = [_as_bytes(item, path, index) for index, item in enumerate(images)]
+    flags = np.array([_as_bool(item, path, index) for index, item in enumerate(issame)], dtype=bool)
+    return encoded, flags
+
+
+def load_bin(path: str | Path, image_size: Sequence[int] | None = (112, 112)) -> tuple[np.ndarray, np.ndarray]:
+    """Loads a `.bin` verification set.
+
+    Args:
+        path: the `.bin` file.
+        image_size: (height, width) every image is resized to (bilinear) when it differs; None keeps the stored
+            size, which must then be the same for all images.
+
+    Returns:
+        (images, issame): RGB uint8 [2P, H, W, 3] with pair k = images 2k and 2k+1, and bool [P].
+
+    Raises:
+        UnsafePickleError (a ValueError): the file asks for a class or function a `.bin` never holds; nothing of
+            it was run.
+        ValueError: the file is not a `.bin`, or an image cannot be decoded (named by index).
+    """
+    path = Path(path)
+    encoded, issame = read_bin(path)
+    if not encoded:
+        raise ValueError(f"{path}: the .bin holds no pairs")
+    target = tuple(int(side) for side in image_size) if image_size is not None else None
+
+    def decode(index: int) -> np.ndarray:
+        return decode_to_size(encoded[index], f"{path} image {index}", target)
+
+    with ThreadPoolExecutor(_DECODE_THREADS) as pool:
+        first = decode(0)
+        images = np.empty((len(encoded), *first.shape), dtype=np.uint8)
+        images[0] = first
+        for index, image in enumerate(pool.map(decode, range(1, len(encoded))), start=1):
+            if image.shape != first.shape:
+                raise ValueError(f"{path}: image {index} is {image.shape[:2]}, image 0 is {first.shape[:2]}; "
+                                 f"pass image_size to resize them")
+            images[index] = image
+    log.info("%s: %d pairs (%d same), images %s", path, len(issame), int(issame.sum()), images.shape[1:3])
+    return images, issame
+
+
+def write_bin(path: str | Path, encoded_images: list[bytes], issame: Sequence[bool]) -> Path:
+    """Writes a `.bin` verification set that InsightFace's loaders and `load_bin` read: pickle of
+    (list of encoded images, list of bools), images 2k and 2k+1 forming pair k.
+
+    Every image is decoded once first, so a file that cannot be evaluated is never written (ValueError naming the
+    image index). The file is replaced atomically.
+    """
+    path = Path(path)
+    if len(encoded_images) != 2 * len(issame) or not issame:
+        raise ValueError(f"write_bin: {len(encoded_images)} images for {len(issame)} pairs; expected 2 images per "
+                         f"pair and at least one pair")
+    images = [_as_bytes(item, path, index) for index, item in enumerate(encoded_images)]
+    flags = [_as_bool(item, path, index) for index, item in enumerate(issame)]
+    with ThreadPoolExecutor(_DECODE_THREADS) as pool:
+        list(pool.map(lambda index: decode_rgb(images[index], f"write_bin image {index}"), range(len(images))))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as stream:
+        pickle.dump((images, flags), stream, protocol=4)
+    temporary.replace(path)
+    return path
