@@ -135,7 +135,11 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     if global_batch == 0:
         raise ValueError(f"Args: batch_size={args.batch_size} is smaller than {replicas} replicas x "
                          f"{args.grad_accum_steps} micro-batches")
-    ckpt_dir = Path(args.ckpt_path)
+    ckpt_dir, summary_dir = (Path(args.ckpt_path), Path(args.summary_path))
+    worker = _non_chief_worker(strategy)
+    if worker is not None:
+        # Every worker must take part in saving; only the chief writes where users look.
+        ckpt_dir, summary_dir = ckpt_dir / worker, summary_dir / worker
     args.save(ckpt_dir / checkpoints.ARGS_FILE)
 
     # --- data ---
@@ -164,8 +168,12 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         variables = model.trainable_variables + head.trainable_variables
         optimizer.build(variables)
-        progress = checkpoints.Progress()
-    checkpoint = tf.train.Checkpoint(model=model, head=head, optimizer=optimizer, progress=progress)
+    progress = checkpoints.Progress()  # plain host variables, read by the Python loop
+    # Keras keeps the dropout RNG state outside the object graph that tf.train.Checkpoint follows: save it
+    # explicitly so that a resumed run draws the same masks as an uninterrupted one.
+    random_states = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+    checkpoint = tf.train.Checkpoint(model=model, head=head, optimizer=optimizer, progress=progress,
+                                     random_states=random_states)
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=args.saver_maxkeep,
                                          checkpoint_name=checkpoints.CHECKPOINT_NAME, step_counter=progress.step)
     best_manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir / checkpoints.BEST_DIR), max_to_keep=1,
@@ -181,7 +189,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
 
     # --- the loop ---
     train_step = make_train_step(args, strategy, model, head, optimizer, global_batch)
-    writer = tf.summary.create_file_writer(args.summary_path)
+    writer = tf.summary.create_file_writer(str(summary_dir))
     total_steps = args.epoch * steps_per_epoch
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -231,6 +239,17 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
         log.warning("%d unreadable training images were skipped (listed above)", data.num_skipped)
     return {"step": step, **metrics, "checkpoint": manager.latest_checkpoint,
             "best_accuracy": float(progress.best_accuracy), "best_checkpoint": best_manager.latest_checkpoint}
+
+
+def _non_chief_worker(strategy: tf.distribute.Strategy) -> str | None:
+    """'worker_<id>' for a non-chief worker of a multi-worker strategy, None for the chief or a single machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return None
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    is_chief = resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
+                                                  and resolver.task_id == 0)
+    return None if is_chief else f"{resolver.task_type}_{resolver.task_id}"
 
 
 def _show(bar: tqdm, epoch: int, step: int, m: dict[str, float]) -> None:

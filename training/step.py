@@ -41,7 +41,8 @@ def make_train_step(args, strategy: tf.distribute.Strategy, model: keras.Model, 
         return grads, {"inference_loss": inference_loss, "wd_loss": wd_loss, "correct": correct,
                        "correct_plain": correct_plain}
 
-    compiled_micro_step = tf.function(micro_step, jit_compile=args.jit_compile)
+    # A nested tf.function only for XLA: synchronised BN all-reduces inside the step, which a nested function forbids.
+    compiled_micro_step = tf.function(micro_step, jit_compile=True) if args.jit_compile else micro_step
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor) -> dict:
         grads, totals = None, None

@@ -1,0 +1,348 @@
+"""train_nets.py and train_nets_mgpu_new.py: loss parity, schedule, resume after SIGKILL, NaN stop, distributed
+equalities and end-to-end script runs, on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train_nets
+from data import synthetic
+from training.build import build_embedding_model, build_head
+from training.optim import lr_boundaries, piecewise_schedule
+from training.step import make_train_step
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--net_depth=18", "--image_size=[32,32]", "--batch_size=8", "--show_info_interval=1",
+        "--summary_interval=2", "--validate_interval=0", "--lr_values=[0.01,0.005,0.003,0.001]"]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faces")
+    synthetic.generate(root, num_identities=5, images_per_identity=8, seed=0, image_size=32)
+    return root
+
+
+def _out_args(tmp_path: Path) -> list[str]:
+    return [f"--ckpt_path={tmp_path}/ckpt", f"--summary_path={tmp_path}/summary", f"--log_file_path={tmp_path}/logs"]
+
+
+def _run_script(script: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, str(REPO / script), *argv], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def _saved_values(prefix: str) -> dict[str, np.ndarray]:
+    """Every value of a checkpoint (weights, BN statistics, momentum, progress), read with TensorFlow's own reader.
+
+    Each variable is stored once, under the first object path that reaches it: the trainable weights appear under
+    optimizer/_trainable_variables/, the BN statistics under model/.
+    """
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def test_lr_boundaries_follow_the_seed_without_its_double_step():
+    # The seed: boundaries = lr_steps * int(512 / batch_size); tf.train.piecewise_constant keeps values[i] while
+    # step <= boundaries[i].
+    boundaries = lr_boundaries([40000, 60000, 80000], batch_size=32, scale_by_batch=True)
+    assert boundaries == [640000, 960000, 1280000]
+    assert lr_boundaries([10, 20], batch_size=1024, scale_by_batch=True) == [10, 20]
+    schedule = piecewise_schedule([0.001, 0.0005, 0.0003, 0.0001], boundaries)
+    for step, expected in [(0, 0.001), (640000, 0.001), (640001, 0.0005), (960001, 0.0003), (1280001, 0.0001)]:
+        assert float(schedule(step)) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="one value more"):
+        piecewise_schedule([0.1, 0.01], [10, 20])
+
+
+# ---------------------------------------------------------------------------------------------- one step
+def _arcface_ce_reference(embeddings: np.ndarray, labels: np.ndarray, weights: np.ndarray, s=64.0, m=0.5) -> float:
+    """Mean softmax cross-entropy of the seed's ArcFace logits, float64."""
+    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    w = weights / np.linalg.norm(weights, axis=0, keepdims=True)
+    cos = np.clip(x @ w, -1, 1)
+    sin = np.sqrt(1 - cos**2)
+    target = np.where(cos > math.cos(math.pi - m), s * (cos * math.cos(m) - sin * math.sin(m)),
+                      s * (cos - m * math.sin(m)))
+    mask = np.eye(w.shape[1])[labels]
+    logits = s * cos * (1 - mask) + target * mask
+    logits -= logits.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(len(labels)), labels]))
+
+
+def _seed_decayed_values(model: keras.Model, head) -> list[np.ndarray]:
+    """What the seed decayed, chosen by layer type: conv/dense kernels, trainable gammas, PReLU alphas, class weights."""
+    values = [head.embedding_weights.numpy()]
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            values.append(layer.kernel.numpy())
+        elif isinstance(layer, keras.layers.BatchNormalization) and layer.gamma.trainable:
+            values.append(layer.gamma.numpy())
+        elif isinstance(layer, keras.layers.PReLU):
+            values.append(layer.alpha.numpy())
+    return values
+
+
+def test_one_step_matches_an_independent_loss_and_sgd_update():
+    args = train_nets.Args(net_depth=18, image_size=[32, 32], dropout_rate=0.0, batch_size=8, momentum=0.9,
+                           lr_values=[0.05, 0.01, 0.005, 0.001])
+    model, head = build_embedding_model(args), build_head(args, 5)
+    head.build((None, 512))
+    optimizer = keras.optimizers.SGD(piecewise_schedule(args.lr_values, [100, 200, 300]), momentum=args.momentum)
+    variables = model.trainable_variables + head.trainable_variables
+    optimizer.build(variables)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 5, 8)
+    start = [v.numpy() for v in model.weights + head.weights]
+
+    embeddings = model(images, training=True).numpy().astype(np.float64)
+    expected_ce = _arcface_ce_reference(embeddings, labels, head.embedding_weights.numpy().astype(np.float64))
+    expected_wd = 0.5 * 5e-4 * sum(float(np.sum(v.astype(np.float64) ** 2)) for v in _seed_decayed_values(model, head))
+    with tf.GradientTape() as tape:
+        logits = head(model(images, training=True), labels)
+        ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        wd = 0.5 * 5e-4 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in _decayed_tensors(model, head)])
+        loss = ce + wd
+    grads = tape.gradient(loss, variables)
+    for variable, value in zip(model.weights + head.weights, start):
+        variable.assign(value)
+
+    metrics = make_train_step(args, tf.distribute.get_strategy(), model, head, optimizer, 8)(images, labels)
+    assert float(metrics["inference_loss"]) == pytest.approx(expected_ce, rel=1e-5)
+    assert float(metrics["wd_loss"]) == pytest.approx(expected_wd, rel=1e-5)
+    # First momentum step from a zero velocity: w <- w - lr * grad.
+    start_by_path = {v.path: value for v, value in zip(model.weights + head.weights, start)}
+    for variable, grad in zip(variables, grads):
+        np.testing.assert_allclose(variable.numpy(), start_by_path[variable.path] - 0.05 * grad.numpy(),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def _decayed_tensors(model: keras.Model, head) -> list:
+    tensors = [head.embedding_weights]
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            tensors.append(layer.kernel)
+        elif isinstance(layer, keras.layers.BatchNormalization) and layer.gamma.trainable:
+            tensors.append(layer.gamma)
+        elif isinstance(layer, keras.layers.PReLU):
+            tensors.append(layer.alpha)
+    return tensors
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    """With no batch-dependent statistics (group norm, no dropout), 2 micro-batches of 4 = one batch of 8."""
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 4, 8)
+    results = []
+    for accum in (1, 2):
+        args = train_nets.Args(net_depth=18, norm="gn", image_size=[32, 32], dropout_rate=0.0, batch_size=8,
+                               grad_accum_steps=accum, lr_values=[0.1] * 4, seed=7)
+        model, head = build_embedding_model(args), build_head(args, 4)
+        head.build((None, 512))
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+        optimizer.build(model.trainable_variables + head.trainable_variables)
+        metrics = make_train_step(args, tf.distribute.get_strategy(), model, head, optimizer, 8)(images, labels)
+        results.append((float(metrics["total_loss"]), [v.numpy() for v in model.weights + head.weights]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def test_run_checkpoints_args_and_fine_tuning(faces, tmp_path):
+    args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=4", "--ckpt_interval=2",
+                                     *_out_args(tmp_path / "a")])
+    summary = train_nets.train(args)
+    ckpt = tmp_path / "a" / "ckpt"
+    assert summary["step"] == 4 and summary["checkpoint"].endswith("InsightFace_iter-4")
+    assert train_nets.Args.load(ckpt / "args.json") == args
+    assert (ckpt / "classes.txt").read_text().split() == sorted(p.name for p in faces.iterdir() if p.is_dir())
+    assert np.isfinite(summary["total_loss"])
+    assert list((tmp_path / "a" / "summary").iterdir()) and list((tmp_path / "a" / "logs").iterdir())
+
+    # Fine-tuning: a new run starts from that backbone with a fresh head.
+    tuned = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=1",
+                                      f"--restore_path={summary['checkpoint']}", *_out_args(tmp_path / "b")])
+    model = build_embedding_model(tuned)
+    from training.checkpoints import restore_for_fine_tuning
+    head = build_head(tuned, 5)
+    head.build((None, 512))
+    restore_for_fine_tuning(model, head, summary["checkpoint"], with_head=False)
+    saved = _saved_values(summary["checkpoint"])
+    # The stem's kernel is the network's only (3, 3, 3, 64) weight (its momentum has the shape too, elsewhere).
+    (conv1,) = [value for name, value in saved.items()
+                if value.shape == (3, 3, 3, 64) and name.startswith("optimizer/_trainable_variables/")]
+    np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(), conv1)
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(faces, tmp_path):
+    args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=30", "--loss=softmax",
+                                     "--lr_values=[1e30,1e30,1e30,1e30]", "--ckpt_interval=1",
+                                     *_out_args(tmp_path)])
+    with pytest.raises(FloatingPointError, match=r"at step \d+; last good checkpoint: .*InsightFace_iter-\d+"):
+        train_nets.train(args)
+
+
+def test_resume_after_sigkill_continues_at_the_checkpoint(faces, tmp_path):
+    common = [*TINY, f"--train_dataset_dir={faces}", "--ckpt_interval=3"]
+    reference = _run_script("train_nets.py", [*common, "--max_steps=12", *_out_args(tmp_path / "ref")])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen([sys.executable, "train_nets.py", *common, "--max_steps=1000000",
+                                *_out_args(killed_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    state = killed_dir / "ckpt" / "checkpoint"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    latest = tf.train.latest_checkpoint(str(killed_dir / "ckpt"))
+    assert latest is not None, "the killed run wrote no checkpoint"
+    killed_step = int(latest.rsplit("-", 1)[1])
+    assert 3 <= killed_step < 12
+    # What a crash in the middle of the next save would leave: files of a newer checkpoint, state file untouched.
+    (killed_dir / "ckpt" / "InsightFace_iter-999.index").write_bytes(b"\x00" * 10)
+
+    resumed = _run_script("train_nets.py", [*common, "--max_steps=12", *_out_args(killed_dir)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {latest} at step {killed_step}" in resumed.stderr
+    expected = _saved_values(str(tmp_path / "ref" / "ckpt" / "InsightFace_iter-12"))
+    actual = _saved_values(str(killed_dir / "ckpt" / "InsightFace_iter-12"))
+    assert expected.keys() == actual.keys() and expected
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+TWO_REPLICAS = textwrap.dedent("""
+    import sys, json, numpy as np, tensorflow as tf, keras
+    sys.path.insert(0, {repo!r})
+    from train_nets_mgpu_new import make_strategy
+    import train_nets
+    from training.build import build_embedding_model, build_head
+    from training.step import make_train_step
+
+    strategy = make_strategy(2)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 6, 8)
+
+    def one_step(strategy):
+        args = train_nets.Args(net_depth=18, image_size=[32, 32], dropout_rate=0.0, batch_size=8, sync_bn=True,
+                               seed=3)
+        with strategy.scope():
+            model, head = build_embedding_model(args), build_head(args, 6)
+            head.build((None, 512))
+            optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+            optimizer.build(model.trainable_variables + head.trainable_variables)
+        step = make_train_step(args, strategy, model, head, optimizer, 8)
+        batch = tf.data.Dataset.from_tensors((images, labels))
+        if strategy.num_replicas_in_sync > 1:
+            batch = strategy.experimental_distribute_dataset(batch)
+        metrics = [{{k: float(v) for k, v in step(x, y).items()}} for x, y in batch][0]
+        return metrics, [v.numpy() for v in model.weights + head.weights]
+
+    (m2, w2), (m1, w1) = one_step(strategy), one_step(tf.distribute.get_strategy())
+    # allclose(rtol=1e-4, atol=1e-5) as one number: <= 1 everywhere means equal within float tolerance.
+    worst = max(float(np.max(np.abs(a - b) / (1e-4 * np.abs(b) + 1e-5))) for a, b in zip(w2, w1))
+    print(json.dumps({{"replicas": strategy.num_replicas_in_sync, "loss2": m2["total_loss"],
+                      "loss1": m1["total_loss"], "worst": worst}}))
+""")
+
+
+def test_two_replicas_give_the_full_batch_update():
+    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS.format(repo=str(REPO))], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["loss2"] == pytest.approx(report["loss1"], rel=1e-5)
+    assert report["worst"] <= 1.0
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_two_workers_end_with_identical_weights(faces, tmp_path):
+    """Group norm keeps no per-worker statistics, so every saved value must agree exactly across the workers.
+
+    (With batch norm, each worker's moving statistics come from its own share of the batch, as in the seed's towers.)
+    """
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen(
+            [sys.executable, "train_nets_mgpu_new.py", *TINY, f"--train_dataset_dir={faces}", "--num_gpus=1",
+             "--multi_worker=true", "--norm=gn", "--max_steps=3", "--ckpt_interval=3", *_out_args(tmp_path)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    chief = _saved_values(str(tmp_path / "ckpt" / "InsightFace_iter-3"))
+    other = _saved_values(str(tmp_path / "ckpt" / "worker_1" / "InsightFace_iter-3"))
+    assert chief.keys() == other.keys() and chief
+    for name in chief:
+        np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
+
+
+def test_mgpu_script_end_to_end_on_two_logical_devices(faces, tmp_path):
+    result = _run_script("train_nets_mgpu_new.py", [*TINY, f"--train_dataset_dir={faces}", "--num_gpus=2",
+                                                    "--max_steps=3", "--ckpt_interval=3", *_out_args(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 replicas in sync" in result.stderr
+    assert "total_step 3" in result.stderr
+    assert (tmp_path / "ckpt" / "InsightFace_iter-3.index").is_file()
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_head(faces, tmp_path, policy):
+    args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=2", "--ckpt_interval=0",
+                                     f"--mixed_precision={policy}", *_out_args(tmp_path)])
+    summary = train_nets.train(args)
+    assert np.isfinite(summary["total_loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"
+    saved = _saved_values(summary["checkpoint"])
+    assert all(value.dtype == np.float32 for name, value in saved.items() if "embedding_weights" in name)
+
+
+def test_bad_args_are_named(faces, tmp_path):
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        train_nets.train(train_nets.Args(batch_size=10, grad_accum_steps=3, train_dataset_dir=str(faces)))
+    with pytest.raises(ValueError, match="mixed_precision"):
+        train_nets.train(train_nets.Args(mixed_precision="fp8", train_dataset_dir=str(faces)))
