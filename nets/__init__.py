@@ -1,5 +1,15 @@
-"""Backbones: the IR-ResNet family of the seed (one builder) and its registry."""
+"""Backbones: the IR-ResNet family of the seed (one builder), the seed's other backbones, and their registry.
 
+`get_backbone(name, **kwargs)` builds any of them by name (see nets.registry). nets.seed_checkpoint (loading the
+seed's TF1 checkpoints) and nets.export (SavedModel, .keras, ONNX, TFLite) use TensorFlow and are imported on their
+own.
+"""
+
+from nets.mobilefacenet import get_mobilefacenet
+from nets.registry import backbone_names, get_backbone, get_seed_wide_resnet
 from nets.resnet_ir import get_resnet
+from nets.resnet_v1 import get_resnet_v1
+from nets.vgg import get_vgg
 
-__all__ = ["get_resnet"]
+__all__ = ["backbone_names", "get_backbone", "get_mobilefacenet", "get_resnet", "get_resnet_v1",
+           "get_seed_wide_resnet", "get_vgg"]

@@ -7,7 +7,7 @@ Structure (the seed's "model D", nets/L_Resnet_E_IR_fix_issue9.py):
 * IR unit: norm -> conv 3x3/1 -> norm -> PReLU -> conv 3x3/stride -> norm, plus a shortcut that is the input itself,
   its stride-2 subsample (a 1x1 max-pool, no weights) when the channels match, or conv 1x1/stride + norm otherwise;
   no activation after the add. The SE-IR unit rescales the residual by a squeeze-excitation gate and ends in ReLU;
-* output block "E": norm -> dropout -> flatten -> dense 512 -> batch norm with a frozen gamma.
+* output block "E" (nets.output_block): norm -> dropout -> flatten -> dense 512 -> batch norm with a frozen gamma.
 
 `width=4` gives the seed's nets/L_Resnet_E_IR.py (models A-C): conv2 and the unit output four times wider.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import keras
 
 from nets.norms import check_norm, make_norm
+from nets.output_block import embedding_block
 
 # Units per stage; 50/100/152 are the seed's, 18/34/200 the usual insightface/arcface_torch ones.
 STAGE_UNITS: dict[int, tuple[int, int, int, int]] = {
@@ -87,7 +88,8 @@ def _ir_unit(b: _Builder, x, depth: int, depth_bottleneck: int, stride: int, uni
                                                                     name=f"{scope}.shortcut")(x)
     else:
         shortcut = b.conv(x, depth, 1, stride, f"{scope}.shortcut_conv")
-        shortcut = b.norm_layer(shortcut, _norm_name(b.norm, f"{scope}.shortcut_bn", ".BatchNorm"))
+        # Named shortcut_bn/BatchNorm for every norm: the seed's GN net renamed only conv2_bn (to GroupNorm).
+        shortcut = b.norm_layer(shortcut, f"{scope}.shortcut_bn.BatchNorm")
 
     residual = b.norm_layer(x, f"{scope}.conv1_bn1")
     residual = b.conv(residual, depth_bottleneck, 3, 1, f"{scope}.conv1")
@@ -155,14 +157,8 @@ def get_resnet(num_layers: int, type: str = "ir", norm: str = "bn", width: int =
             scope = f"block{stage}.unit_{unit}.bottleneck_v1"
             x = _ir_unit(b, x, channels * width, channels, 2 if unit == 1 else 1, type, scope)
 
-    x = b.norm_layer(x, "E_GN_0" if norm == "gn" else "E_BN1")
-    x = keras.layers.Dropout(dropout_rate, name="E_Dropout")(x)
-    x = keras.layers.Flatten(name="E_Reshapelayer")(x)
-    x = keras.layers.Dense(embedding_size, kernel_initializer=_conv_init(b.next_seed()), bias_initializer="zeros",
-                           name="E_DenseLayer")(x)
-    if norm != "gn":
-        # The seed's GN net has no final norm (its E_GN_1 was commented out).
-        x = b.norm_layer(x, "E_BN2", frozen_gamma=True)
+    x = embedding_block(x, norm=norm, dropout_rate=dropout_rate, embedding_size=embedding_size,
+                        synchronized_bn=synchronized_bn, next_seed=b.next_seed)
     return keras.Model(inputs, x, name=name or f"resnet_v1_{num_layers}")
 
 

@@ -1,0 +1,118 @@
+"""Exports the embedding network alone (no class weights) for deployment: SavedModel, .keras, ONNX, TFLite.
+
+    python export.py --input_model=output/ckpt/best/embedding.keras --output_dir=output/export
+    python export.py --input_model=models/model_d/InsightFace_iter_best_710000.ckpt --formats=onnx,tflite
+
+The input is a `.keras` file, a checkpoint of the seed (TF1 / TensorLayer, models A-D; nets.seed_checkpoint) or one
+of our training checkpoints (prefix or run folder). Each exported file is run back on check images and compared with
+the Keras model; `export_report.json` in the output folder lists sizes and differences (nets.export).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from config import Config, setup_logging
+
+log = logging.getLogger("export")
+
+
+class Args(Config):
+    # A .keras file, a seed TF1 checkpoint prefix (the path given to Saver.restore) or one of our training
+    # checkpoints (prefix, or a run folder for its latest checkpoint).
+    input_model: str = "./output/ckpt/best/embedding.keras"
+    output_dir: str = "./output/export"  # the exported files and export_report.json
+    # Any of saved_model, keras, onnx, tflite (float32), tflite_fp16, tflite_int8.
+    formats: list[str] = ["saved_model", "keras", "onnx", "tflite"]
+    with_preprocessing: bool = True  # uint8 RGB images in, L2-normalised embeddings out (else: normalised input)
+    # "BGR" or "RGB": the order the network was trained with; None: the one recorded in the run's args.json,
+    # else the seed's BGR.
+    channel_order: str | None = None
+    # Folder of face images (searched recursively) for the int8 calibration and the checks; None: random images.
+    calibration_dir: str | None = None
+    num_check_images: int = 8  # images run through Keras and every exported file for the comparison
+    num_calibration_images: int = 100  # images for the int8 calibration (from calibration_dir)
+
+
+def recorded_channel_order(input_model: str) -> tuple[str, Path] | None:
+    """(channel_order, args.json) recorded by the training run of `input_model`, or None when there is none."""
+    from training.checkpoints import find_args_json  # the run layout (args.json beside or above the checkpoint)
+
+    try:
+        args_json = find_args_json(input_model)
+    except FileNotFoundError:
+        return None
+    order = json.loads(args_json.read_text()).get("channel_order")
+    return (order, args_json) if order else None
+
+
+def resolve_channel_order(args: Args) -> str:
+    recorded = recorded_channel_order(args.input_model)
+    if args.channel_order is not None:
+        if recorded and recorded[0] != args.channel_order:
+            log.warning("channel_order=%s differs from %s recorded in %s", args.channel_order, *recorded)
+        return args.channel_order
+    if recorded:
+        log.info("channel order %s (recorded in %s)", *recorded)
+        return recorded[0]
+    log.info("channel order BGR (the seed's convention; none recorded for %s)", args.input_model)
+    return "BGR"
+
+
+def sample_images(folder: str | None, count: int, image_size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """`count` RGB uint8 images of `image_size`: the first ones of `folder` (sorted), or random pixels."""
+    if folder is None:
+        return np.random.default_rng(seed).integers(0, 256, (count, *image_size, 3), dtype=np.uint8)
+    from data.image_io import IMAGE_EXTENSIONS, read_rgb
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise FileNotFoundError(f"calibration_dir {folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    images, skipped = [], 0
+    for path in paths:
+        if len(images) == count:
+            break
+        try:
+            images.append(read_rgb(path, image_size))
+        except ValueError as error:
+            skipped += 1
+            log.warning("skipped %s", error)
+    if skipped:
+        log.warning("%d unreadable images skipped in %s", skipped, folder)
+    if not images:
+        raise ValueError(f"calibration_dir {folder}: none of its {len(paths)} images could be read")
+    return np.stack(images)
+
+
+def main(args: Args) -> list:
+    from data.preprocess import check_channel_order, normalize
+    from nets import export
+    from training.checkpoints import load_embedding_model  # .keras, seed TF1 (nets.seed_checkpoint) or ours
+
+    channel_order = resolve_channel_order(args)
+    check_channel_order(channel_order)
+    model = load_embedding_model(args.input_model)
+    image_size = tuple(model.input_shape[1:3])
+    check_images = sample_images(args.calibration_dir, args.num_check_images, image_size)
+    calibration = (sample_images(args.calibration_dir, args.num_calibration_images, image_size, seed=1)
+                   if "tflite_int8" in args.formats else None)
+    if args.with_preprocessing:
+        model = export.with_preprocessing(model, channel_order)
+    else:
+        check_images = normalize(check_images, channel_order).numpy()
+        calibration = None if calibration is None else normalize(calibration, channel_order).numpy()
+    log.info("exporting %s (%d weights, input %s) to %s: %s", model.name, model.count_params(), model.input_shape,
+             args.output_dir, ", ".join(args.formats))
+    results = export.export_model(model, args.output_dir, args.formats, check_images, calibration)
+    args.save(Path(args.output_dir) / "export_args.json")
+    return results
+
+
+if __name__ == "__main__":
+    setup_logging()
+    main(Args.from_cli(sys.argv[1:]))

@@ -1,0 +1,6 @@
+"""The seed's file name for model A, the 4x-wide IR-ResNet with group norm: see get_seed_wide_resnet."""
+import functools
+
+from nets.registry import get_seed_wide_resnet
+
+get_resnet = functools.partial(get_seed_wide_resnet, norm="gn")
