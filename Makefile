@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: setup
-	$(BIN)/python -m nets --net_depth=50
+	$(BIN)/python demo.py
 
 test: setup
 	$(BIN)/python -m pytest

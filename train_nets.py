@@ -42,8 +42,8 @@ class Args(Config):
     margin_s: float | None = None  # scale s; None = the loss's default (64 arcface/combined, 30 cosface)
     margin_m: float | None = None  # arcface/cosface margin m; None = default (0.5 arcface, 0.4 cosface)
     margin_m1: float = 1.0  # combined margin: s*(cos(m1*theta + m2) - m3)
-    margin_m2: float = 0.3
-    margin_m3: float = 0.2
+    margin_m2: float = 0.3  # combined margin m2 (additive angular)
+    margin_m3: float = 0.2  # combined margin m3 (additive cosine)
     num_output: int = 0  # number of classes; 0 = from the training data (the seed hard-coded 85164 for MS1M)
     # --- data (data/) ---
     train_dataset_dir: str = "./datasets/train"  # identity folders, a train.rec, or TFRecord file(s)/folder/glob
@@ -56,7 +56,7 @@ class Args(Config):
     lr_values: list[float] = [0.001, 0.0005, 0.0003, 0.0001]  # piecewise-constant learning rates
     lr_steps: list[int] = [40000, 60000, 80000]  # boundaries between lr_values
     lr_steps_scaled: bool = True  # multiply lr_steps by int(512 / batch_size), as the seed did
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # L2 on conv/dense kernels, class weights, norm gammas, PReLU alphas
     grad_accum_steps: int = 1  # micro-batches per update: batch_size images in batch_size/grad_accum_steps chunks
     mixed_precision: str = "float32"  # "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16"

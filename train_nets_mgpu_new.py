@@ -28,7 +28,7 @@ class Args(train_nets.Args):
     multi_worker: bool = False  # MultiWorkerMirroredStrategy from the TF_CONFIG environment variable
     batch_size: int = 64  # global batch over all replicas (the seed's multi-GPU default)
     net_depth: int = 100  # the seed's multi-GPU default
-    ckpt_interval: int = 5000
+    ckpt_interval: int = 5000  # the seed's multi-GPU default
 
 
 def make_strategy(num_gpus: int, multi_worker: bool = False) -> tf.distribute.Strategy:

@@ -104,16 +104,8 @@ def restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path: 
         return
     from nets import seed_checkpoint
 
-    seed_model, class_weights = seed_checkpoint.load(prefix)
-    ours, theirs = [w.path for w in model.weights], [w.path for w in seed_model.weights]
-    if ours != theirs:
-        raise ValueError(f"the seed checkpoint {prefix} holds {seed_model.name} ({len(theirs)} variables) but Args "
-                         f"build {model.name} ({len(ours)} variables): set net_depth/norm/net_width to match it")
-    model.set_weights(seed_model.get_weights())
-    if with_head:
-        if class_weights is None or tuple(class_weights.shape) != tuple(head.embedding_weights.shape):
-            raise ValueError(f"restore_head: the class weights of {prefix} have shape "
-                             f"{None if class_weights is None else class_weights.shape}, the head "
-                             f"{tuple(head.embedding_weights.shape)}")
-        head.embedding_weights.assign(class_weights)
+    class_weights = seed_checkpoint.restore_weights(model, prefix)
+    if with_head and not seed_checkpoint.restore_class_weights(head, class_weights):
+        raise ValueError(f"restore_head: the class weights of {prefix} do not fit the head "
+                         f"{tuple(head.embedding_weights.shape)} (see the log)")
     log.info("fine-tuning from the seed checkpoint %s", prefix)

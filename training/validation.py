@@ -20,7 +20,7 @@ def load_validation_sets(args) -> list:
     sets = []
     for name in args.eval_datasets:
         path = Path(args.eval_db_path) / f"{name}.bin"
-        sets.append(load_bin_set(path, name=name))
+        sets.append(load_bin_set(path, image_size=tuple(args.image_size), name=name))
     if args.eval_dataset:
         sets.append(load_pairs_set(args.eval_dataset, args.eval_pair, image_size=tuple(args.image_size)))
     return sets

@@ -1,0 +1,112 @@
+"""Restores checkpoints and validates them with the 10-fold pairs protocol on a custom dataset and/or .bin sets.
+
+    python eval_ckpt_file.py --ckpt_file=./output/ckpt/InsightFace_iter- --ckpt_index_list=[10000,20000] \
+        --eval_dataset=./datasets/my_aligned_faces --eval_pair=./datasets/my_pairs.txt
+
+Each checkpoint is rebuilt from the args.json saved beside it (so the network, image size and channel order are
+the trained ones); a checkpoint of the seed (TF1/TensorLayer, models A-D) or a `.keras` export works too. For every
+dataset and checkpoint it logs the seed's `XNorm` and `Accuracy-Flip: mean+-std` lines plus VAL@FAR, AUC and EER,
+and writes into `output_dir`: report.json, a ROC curve PNG and a PNG of the hardest false matches and non-matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from config import Config, setup_logging
+
+log = logging.getLogger("eval_ckpt_file")
+
+
+class Args(Config):
+    ckpt_file: str = "./output/ckpt/InsightFace_iter-"  # checkpoint prefix; ckpt_index_list entries are appended
+    ckpt_index_list: list[str] = ["10000"]  # e.g. ["10000", "20000"]; [] = ckpt_file is the checkpoint itself
+    eval_dataset: str = ""  # custom aligned dataset: one folder per identity (align/align_dataset_mtcnn.py output)
+    eval_pair: str = ""  # its pairs.txt (generate_pairs.py; the LFW layout or the fork's tab format)
+    eval_datasets: list[str] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
+    eval_db_path: str = "./datasets/faces_ms1m_112x112"  # folder of the .bin files
+    batch_size: int = 32  # images per forward pass
+    image_size: list[int] = []  # [height, width]; [] = the network's input size
+    channel_order: str = ""  # "BGR"/"RGB"; "" = from the checkpoint's args.json (BGR for the seed's checkpoints)
+    flip: str = "sum"  # "sum" (the seed's Accuracy-Flip), "none", or "concat" (facenet)
+    nrof_folds: int = 0  # 0 = the pairs file's header (10 for LFW and .bin sets)
+    skip_missing: bool = False  # skip (and count) pairs whose images are missing instead of stopping
+    output_dir: str = "./output/eval"  # report.json, ROC and hardest-pairs PNGs
+
+
+def checkpoint_paths(args: Args) -> list[str]:
+    """The checkpoints to evaluate: ckpt_file + each index (the seed's convention), or ckpt_file alone."""
+    if not args.ckpt_index_list:
+        return [args.ckpt_file]
+    return [f"{args.ckpt_file}{index}" for index in args.ckpt_index_list]
+
+
+def trained_channel_order(checkpoint: str) -> str:
+    """The channel order recorded in the checkpoint's args.json; BGR (the seed's) when there is none."""
+    from training.checkpoints import find_args_json
+    import train_nets
+
+    try:
+        return train_nets.Args.load(find_args_json(checkpoint), strict=False).channel_order
+    except FileNotFoundError:
+        return "BGR"
+
+
+def load_sets(args: Args, image_size: tuple[int, int]) -> list:
+    """The verification sets of `args`, read once at the network's input size."""
+    from eval.sets import load_bin_set, load_pairs_set
+
+    if not args.eval_dataset and not args.eval_datasets:
+        raise ValueError("Args: nothing to evaluate; set eval_dataset + eval_pair and/or eval_datasets")
+    if bool(args.eval_dataset) != bool(args.eval_pair):
+        raise ValueError("Args: eval_dataset and eval_pair go together (a folder and its pairs.txt)")
+    sets = [load_bin_set(Path(args.eval_db_path) / f"{name}.bin", image_size=image_size, name=name)
+            for name in args.eval_datasets]
+    if args.eval_dataset:
+        sets.append(load_pairs_set(args.eval_dataset, args.eval_pair, image_size=image_size,
+                                   skip_missing=args.skip_missing))
+    return sets
+
+
+def evaluate_checkpoints(args: Args) -> list[dict]:
+    """Evaluates every checkpoint on every set; writes the reports; returns the report dicts."""
+    from eval.report import plot_roc, save_report_files, write_json_report
+    from eval.sets import run_verification
+    from training.checkpoints import load_embedding_model
+    from training.validation import embedding_function
+
+    output_dir = Path(args.output_dir)
+    reports, sets = [], None
+    for checkpoint in checkpoint_paths(args):
+        model = load_embedding_model(checkpoint)
+        image_size = tuple(args.image_size) if args.image_size else tuple(model.input_shape[1:3])
+        if sets is None:
+            sets = load_sets(args, image_size)
+        channel_order = args.channel_order or trained_channel_order(checkpoint)
+        embed = embedding_function(model)
+        index = Path(checkpoint).name
+        for vset in sets:
+            report = run_verification(embed, vset, batch_size=args.batch_size, channel_order=channel_order,
+                                      flip=args.flip, nrof_folds=args.nrof_folds or None, step=index)
+            report["checkpoint"] = checkpoint
+            report["files"] = {k: str(v) for k, v in save_report_files(output_dir / f"{vset.name}_{index}", vset,
+                                                                       report).items()}
+            reports.append(report)
+    plot_roc(output_dir / "roc.png", reports)
+    path = write_json_report(output_dir / "report.json", reports)
+    for report in reports:
+        log.info("%s on %s: Accuracy-Flip %.5f+-%.5f", report["checkpoint"], report["name"], report["accuracy_mean"],
+                 report["accuracy_std"])
+    log.info("report: %s (ROC curve %s)", path, output_dir / "roc.png")
+    return reports
+
+
+def main(args: Args) -> None:
+    evaluate_checkpoints(args)
+
+
+if __name__ == "__main__":
+    setup_logging()
+    main(Args.from_cli(sys.argv[1:]))
