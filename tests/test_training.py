@@ -346,3 +346,45 @@ def test_bad_args_are_named(faces, tmp_path):
         train_nets.train(train_nets.Args(batch_size=10, grad_accum_steps=3, train_dataset_dir=str(faces)))
     with pytest.raises(ValueError, match="mixed_precision"):
         train_nets.train(train_nets.Args(mixed_precision="fp8", train_dataset_dir=str(faces)))
+
+
+def test_validation_during_training_keeps_the_best_checkpoint_and_export(faces, tmp_path, caplog):
+    import generate_pairs
+
+    generate_pairs.main(generate_pairs.Args(data_dir=str(faces), pairs_filepath=str(tmp_path / "pairs.txt"),
+                                            num_folds=2, pairs_per_fold=4, seed=0))
+    args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=4", "--ckpt_interval=0",
+                                     f"--eval_dataset={faces}", f"--eval_pair={tmp_path / 'pairs.txt'}",
+                                     "--validate_interval=2", *_out_args(tmp_path)])
+    with caplog.at_level("INFO"):
+        summary = train_nets.train(args)
+    assert caplog.text.count("[pairs][2]Accuracy-Flip") == 1 and "[pairs][4]Accuracy-Flip" in caplog.text
+    assert 0.0 <= summary["best_accuracy"] <= 1.0
+    assert summary["best_checkpoint"] is not None
+    best_step = int(summary["best_checkpoint"].rsplit("-", 1)[1])
+    assert best_step in (2, 4)
+    exported = keras.saving.load_model(tmp_path / "ckpt" / "best" / "embedding.keras", compile=False)
+    assert exported.output_shape == (None, 512) and "arcface_loss" not in [layer.name for layer in exported.layers]
+
+
+def test_fine_tuning_from_a_seed_tf1_checkpoint(faces, tmp_path):
+    """A checkpoint written by TF1's Saver with the seed's TensorLayer names starts a run with a new head."""
+    from test_seed_checkpoint import random_values, seed_variable_shapes, write_tf1_checkpoint
+
+    shapes = seed_variable_shapes("resnet_v1_18", (2, 2, 2, 2), image_size=32, num_classes=7)
+    values = random_values(shapes, np.random.default_rng(0))
+    prefix = str(tmp_path / "seed" / "InsightFace_iter_best_1000.ckpt")
+    write_tf1_checkpoint(prefix, values)
+    args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=1", "--dropout_rate=0",
+                                     f"--restore_path={prefix}", "--lr_values=[0,0,0,0]", "--weight_decay=0",
+                                     *_out_args(tmp_path / "run")])
+    summary = train_nets.train(args)
+    saved = _saved_values(summary["checkpoint"])
+    (conv1,) = [value for name, value in saved.items()
+                if value.shape == (3, 3, 3, 64) and name.startswith("optimizer/_trainable_variables/")]
+    # Learning rate 0: the stem kernel is still the seed's.
+    np.testing.assert_array_equal(conv1, values["resnet_v1_18/conv1/W_conv2d"])
+    with pytest.raises(ValueError, match="class weights"):
+        train_nets.train(train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=1",
+                                                   f"--restore_path={prefix}", "--restore_head=true",
+                                                   *_out_args(tmp_path / "run2")]))
