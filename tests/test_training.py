@@ -70,6 +70,10 @@ def test_lr_boundaries_follow_the_seed_without_its_double_step():
         assert float(schedule(step)) == pytest.approx(expected)
     with pytest.raises(ValueError, match="one value more"):
         piecewise_schedule([0.1, 0.01], [10, 20])
+    with pytest.raises(ValueError, match="increasing"):
+        piecewise_schedule([0.1, 0.01, 0.001], [20, 10])
+    constant = piecewise_schedule([0.02], [])
+    assert float(constant(0)) == pytest.approx(0.02) and float(constant(10**7)) == pytest.approx(0.02)
 
 
 # ---------------------------------------------------------------------------------------------- one step

@@ -22,7 +22,22 @@ def piecewise_schedule(lr_values: list[float], boundaries: list[int]) -> keras.o
                          f"{len(boundaries)} steps")
     if any(later <= earlier for earlier, later in zip(boundaries, boundaries[1:])):
         raise ValueError(f"lr_steps must be increasing; received {boundaries}")
+    if not boundaries:
+        return ConstantSchedule(float(lr_values[0]))
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, [float(v) for v in lr_values])
+
+
+class ConstantSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """One learning rate for every step (lr_steps = []); Keras' piecewise schedule needs at least one boundary."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, step):
+        return keras.ops.convert_to_tensor(self.value, dtype="float32")
+
+    def get_config(self) -> dict:
+        return {"value": self.value}
 
 
 def decayed_variables(variables: list) -> list:
