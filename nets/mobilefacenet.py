@@ -80,13 +80,15 @@ def _bottleneck(b: _Builder, x, expansion: int, channels: int, stride: int, scop
     return residual
 
 
-def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size: int = 512, seed: int | None = None,
-                      name: str = "mobilefacenet") -> keras.Model:
+def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size: int = 512, dropout_rate: float = 0.0,
+                      seed: int | None = None, name: str = "mobilefacenet") -> keras.Model:
     """Builds MobileFaceNet: float (N, H, W, 3) -> (N, embedding_size).
 
     Args:
         image_size: input height and width; the GDC kernel covers the whole last map (7x7 at 112).
         embedding_size: output dimension (the paper's 128; 512 by default, as the other backbones).
+        dropout_rate: fraction dropped before the embedding layer in training; 0 (the paper's network) by default,
+            set by train_nets.Args.dropout_rate like every backbone's output block.
         seed: makes every initialiser deterministic when given.
         name: model name.
 
@@ -103,6 +105,8 @@ def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size
     x = b.conv_bn(x, SEPARABLE_CHANNELS, 1, 1, "conv_sep")
     x = b.depthwise_bn(x, tuple(x.shape[1:3]), 1, "gdc", activation=False, padding="valid")
     x = keras.layers.Flatten(name="gdc_flatten")(x)
+    if dropout_rate:
+        x = keras.layers.Dropout(dropout_rate, name="embedding_dropout")(x)
     x = keras.layers.Dense(embedding_size, use_bias=False, kernel_initializer=b.initializer(), name="embedding")(x)
     x = make_norm("bn", "embedding_bn", seed=b.next_seed())(x)
     return keras.Model(inputs, x, name=name)

@@ -71,8 +71,8 @@ def backbone_names() -> list[str]:
 def get_backbone(name: str, **kwargs) -> keras.Model:
     """Builds the backbone `name` (case-insensitive; see the module docstring) with the builder's keyword arguments.
 
-    Common keyword arguments: image_size, embedding_size, seed, name; the ResNets and VGGs also take dropout_rate
-    and norm. Raises ValueError listing the known names when `name` is unknown.
+    Common keyword arguments: image_size, embedding_size, dropout_rate, seed, name; the ResNets and VGGs also take
+    norm. Raises ValueError listing the known names when `name` is unknown.
     """
     builder = _BY_LOWER_NAME.get(name.lower())
     if builder is None:

@@ -392,3 +392,10 @@ def test_fine_tuning_from_a_seed_tf1_checkpoint(faces, tmp_path):
         train_nets.train(train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=1",
                                                    f"--restore_path={prefix}", "--restore_head=true",
                                                    *_out_args(tmp_path / "run2")]))
+
+
+@pytest.mark.parametrize("backbone", ["mobilefacenet", "resnet50_v1", "vgg16"])
+def test_every_registry_backbone_builds_from_training_args(backbone):
+    model = build_embedding_model(train_nets.Args(backbone=backbone, image_size=[112, 112], dropout_rate=0.2))
+    assert model.output_shape == (None, 512)
+    assert any(isinstance(layer, keras.layers.Dropout) and layer.rate == pytest.approx(0.2) for layer in model.layers)
