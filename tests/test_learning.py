@@ -105,4 +105,6 @@ def test_yale_real_faces_end_to_end(yale_faces, tmp_path):
     trained = _accuracy(summary["checkpoint"], aligned["heldout"], pairs, tmp_path / "eval1")
     log.info("Yale subjects 11-15 after alignment: untrained %.4f, trained %.4f (%d steps)", baseline, trained,
              summary["step"])
-    assert trained > 0.5 and 0.0 <= baseline <= 1.0
+    # Measured on this CPU: untrained 0.815, trained 0.965 (all 164 images aligned).
+    assert trained >= 0.90
+    assert trained > baseline
