@@ -22,5 +22,9 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
+# Every bench/bench_*.py, then one table of bench/results/*.json (bench/README.md); BENCH_ARGS=--quick=true for a check.
+bench: setup
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) output
