@@ -43,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from config import Config, setup_logging  # noqa: E402
@@ -231,7 +230,8 @@ class TensorFlowBackend:
 
 
 class JaxBackend:
-    """jnp.matmul peak; a jitted stateless training step; a jitted stateless forward pass."""
+    """jnp.matmul peak; a jitted stateless training step; a jitted stateless forward pass (always XLA: the `xla`
+    argument of the steps is ignored)."""
 
     name = "jax"
 

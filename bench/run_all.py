@@ -1,6 +1,6 @@
 """Runs every bench script (bench/bench_*.py), then collects their JSON results into one table.
 
-    .venv/bin/python bench/run_all.py                       # everything at full size (about an hour on 2 cores)
+    .venv/bin/python bench/run_all.py                       # everything at full size (about 40 minutes on 2 cores)
     .venv/bin/python bench/run_all.py --quick=true          # every script at tiny sizes: checks that they all work
     .venv/bin/python bench/run_all.py --scripts=model,eval  # some of them
     .venv/bin/python bench/run_all.py --collect_only=true   # only the table, from the JSON files already there
