@@ -82,9 +82,13 @@ def _parse_cli_value(text: str, tp: Any) -> Any:
     if members == [bool] and text.lower() in _TRUE | _FALSE:
         return text.lower() in _TRUE
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         pass
+    else:
+        # A single item for a list field ("--lr_steps=40000") is that one-element list.
+        wants_list = any(typing.get_origin(m) is list for m in members)
+        return [value] if wants_list and not isinstance(value, (list, tuple)) else value
     if any(typing.get_origin(m) is list for m in members):
         item_type = typing.get_args(next(m for m in members if typing.get_origin(m) is list))[0]
         items = [item.strip() for item in text.strip("[]").split(",") if item.strip()]

@@ -37,6 +37,7 @@ def test_cli_parses_each_type():
     assert args.name == "my run" and args.lr_steps == [1, 2, 3] and args.image_size == [96, 96]
     assert args.restore_path == "/x/y.ckpt"
     assert Args.from_cli(["--restore_path=None"]).restore_path is None
+    assert Args.from_cli(["--lr_steps=16"]).lr_steps == [16]
     assert isinstance(Args.from_cli(["--lr=1"]).lr, float)
 
 
