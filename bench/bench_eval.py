@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from config import Config, setup_logging  # noqa: E402
+from timing import median_seconds  # noqa: E402
 from eval.verification import verify  # noqa: E402
 from tests.test_verification import noisy_pairs, reference_evaluate  # noqa: E402
 
@@ -34,15 +35,6 @@ class Args(Config):
     embedding_size: int = 512  # embedding dimension
     repeats: int = 20  # timed runs of the vectorised protocol (the median is reported)
     output_json: str = str(REPO / "bench" / "results" / "eval.json")
-
-
-def median_seconds(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main(args: Args) -> dict:

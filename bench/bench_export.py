@@ -15,7 +15,6 @@ import logging
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +24,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from config import Config, setup_logging  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 logger = logging.getLogger("bench_export")
 
@@ -37,16 +37,6 @@ class Args(Config):
     formats: list[str] = ["saved_model", "keras", "onnx", "tflite", "tflite_fp16", "tflite_int8"]
     bn_calibration_passes: int = 30  # training-mode passes that set the BN statistics before exporting
     output_json: str = str(REPO / "bench" / "results" / "export.json")
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up (graph building, allocation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main(args: Args) -> dict:
