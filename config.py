@@ -1,4 +1,4 @@
-"""The shared `class Args` behaviour of every script.
+"""The shared `class Args` behaviour of every script, and the one entry helper every script's main block calls.
 
 Each script declares `class Args(Config)` with typed, commented class attributes that a user edits. This module
 turns those attributes into a configuration object that:
@@ -7,31 +7,249 @@ turns those attributes into a configuration object that:
   key, the value received and the type expected);
 * is saved as ``args.json`` beside a run's outputs and loaded back, so evaluation rebuilds exactly the trained network.
 
-Supported field types: ``int``, ``float``, ``bool``, ``str``, ``list[T]`` and ``T | None`` of those.
+Supported field types: ``int``, ``float``, ``bool``, ``str``, ``list[T]`` and ``T | None`` of those, and `ImageSize`
+/ `ImageSizeOrNetwork` (one int N means N x N). Every field also declares what it allows, checked whenever a value is
+set (defaults, ``--key=value``, args.json): ``Annotated[int, Range(1)]``, ``Annotated[str, Choices("bn", "gn")]``,
+``Annotated[list[float], Range(0), Length(1)]`` (rules of a list apply to each item), `RequiredPath` / `OptionalPath`.
+
+`run_script(Args, main)` is every script's ``__main__`` block: ``--help``, logging, parsing, and one clear line instead
+of a traceback for an expected error (``--debug`` keeps the traceback).
 """
 
 from __future__ import annotations
 
 import ast
 import copy
+import importlib.abc
+import importlib.util
+import inspect
 import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import textwrap
+import tokenize
 import types
 import typing
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Callable, Iterable, NoReturn
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
+@dataclass(frozen=True)
+class _ImageSizeRule:
+    """Marks a list[int] field as an image size: one int N (or [N]) means [N, N]; two positive ints [height, width]."""
+
+    allow_empty: bool  # [] is allowed and means "the network's own input size"
+
+    @property
+    def name(self) -> str:
+        return "image size or []" if self.allow_empty else "image size"
+
+    @property
+    def detail(self) -> str:
+        return "one positive int N for N x N, or [height,width]" + (", or [] for the network's own" if
+                                                                     self.allow_empty else "")
+
+    def normalise(self, value: Any) -> Any:
+        """[N, N] for N or [N]; the value unchanged otherwise (checked by `check`)."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value, value]
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            return [value[0], value[0]]
+        return value
+
+    def check(self, value: list[int]) -> bool:
+        if not value:
+            return self.allow_empty
+        return len(value) == 2 and all(side > 0 for side in value)
+
+
+# Field types for an image size: `image_size: ImageSize = [112, 112]` takes 48, [48] or [48, 48] alike.
+ImageSize = Annotated[list[int], _ImageSizeRule(allow_empty=False)]
+ImageSizeOrNetwork = Annotated[list[int], _ImageSizeRule(allow_empty=True)]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number field (or each item of a list field; None passes) within bounds; None = unbounded on that side.
+
+    ``Annotated[int, Range(1)]``: 1 or more. ``Annotated[float, Range(0, 1, high_open=True)]``: 0 <= x < 1. Where 0
+    means "off", the range starts at 0 and the field's comment says so.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the low bound itself is refused
+    high_open: bool = False
+
+    @property
+    def detail(self) -> str:
+        parts = [f"{'>' if self.low_open else '>='} {_cli_text(self.low)}" if self.low is not None else "",
+                 f"{'<' if self.high_open else '<='} {_cli_text(self.high)}" if self.high is not None else ""]
+        return " and ".join(part for part in parts if part) or "any number"
+
+    def normalise(self, value: Any) -> Any:
+        return value
+
+    def check(self, value: Any) -> bool:
+        return all(_within(item, self) for item in _items(value))
+
+
+def _within(number: float, bounds: Range) -> bool:
+    if not math.isfinite(number):  # NaN compares false with everything; inf passes an open-ended range
+        return False
+    low_ok = bounds.low is None or (number > bounds.low if bounds.low_open else number >= bounds.low)
+    high_ok = bounds.high is None or (number < bounds.high if bounds.high_open else number <= bounds.high)
+    return low_ok and high_ok
+
+
+class Choices:
+    """A field (or each item of a list field; None passes) that takes one of a fixed set of values:
+    ``Annotated[str, Choices("bn", "gn", "brn")]``.
+
+    `names` instead of values: a function returning them, called when first needed (a registry whose module loads
+    Keras); `ignore_case` for names their user looks up in any letter case.
+    """
+
+    def __init__(self, *values: Any, names: Callable[[], Iterable[Any]] | None = None,
+                 ignore_case: bool = False) -> None:
+        self._values, self._names, self.ignore_case = tuple(values), names, ignore_case
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        if self._names is not None:
+            self._values, self._names = self._values + tuple(self._names()), None
+        return self._values
+
+    @property
+    def detail(self) -> str:
+        return "one of " + ", ".join(_cli_text(value) for value in self.values)
+
+    def normalise(self, value: Any) -> Any:
+        return value
+
+    def check(self, value: Any) -> bool:
+        items = [self._fold(item) for item in _items(value)]
+        explicit = {self._fold(choice) for choice in self._values}
+        # The named choices (a Keras registry) are only looked up for a value outside the explicit ones.
+        return all(item in explicit for item in items) or all(
+            item in {self._fold(choice) for choice in self.values} for item in items)
+
+    def _fold(self, item: Any) -> Any:
+        return item.lower() if self.ignore_case and isinstance(item, str) else item
+
+
+@dataclass(frozen=True)
+class Length:
+    """A list field with at least `low` (and at most `high`) items."""
+
+    low: int
+    high: int | None = None
+
+    @property
+    def detail(self) -> str:
+        if self.high == self.low:
+            return f"exactly {self.low} items"
+        return f"{self.low} to {self.high} items" if self.high is not None else f"{self.low} or more items"
+
+    def normalise(self, value: Any) -> Any:
+        return value
+
+    def check(self, value: Any) -> bool:
+        return value is None or self.low <= len(value) <= (len(value) if self.high is None else self.high)
+
+
+@dataclass(frozen=True)
+class _PathRule:
+    """A file or folder path (or each item of a list of names): no NUL character, and not empty when required."""
+
+    required: bool
+
+    @property
+    def detail(self) -> str:
+        return "a non-empty path" if self.required else 'a path, or "" for none'
+
+    def normalise(self, value: Any) -> Any:
+        return value
+
+    def check(self, value: Any) -> bool:
+        return all("\0" not in item and (item or not self.required) for item in _items(value))
+
+
+def _items(value: Any) -> list[Any]:
+    """The scalars a rule checks: the items of a list, the value itself, nothing for None."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+# The common ranges. NonNegativeInt is for counts where 0 is a value or means "off": the field's comment says which.
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+
+# String fields that name a file or folder: RequiredPath must be given, OptionalPath takes "" for "none".
+RequiredPath = Annotated[str, _PathRule(required=True)]
+OptionalPath = Annotated[str, _PathRule(required=False)]
+
+
+def registered_backbones() -> list[str]:
+    """nets.registry's backbone names, for `Choices(names=registered_backbones)`: imported only when a backbone
+    field is checked, since the registry loads Keras."""
+    from nets.registry import backbone_names
+
+    return backbone_names()
+
+
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Annotated:
+        base, *rules = typing.get_args(tp)
+        return next((rule.name for rule in rules if hasattr(rule, "name")), None) or _type_name(base)
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        return " | ".join("None" if member is type(None) else _type_name(member) for member in typing.get_args(tp))
     return getattr(tp, "__name__", None) if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def allowed_text(tp: Any) -> str:
+    """What the rules of a field type allow ("" when it has none), as --help and the errors show it."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        members = [allowed_text(member) for member in typing.get_args(tp) if member is not type(None)]
+        return " | ".join(members) + (", or None" if any(members) and type(None) in typing.get_args(tp) else "")
+    if typing.get_origin(tp) is list:
+        return allowed_text(typing.get_args(tp)[0]) and f"each item {allowed_text(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is not Annotated:
+        return ""
+    base, *rules = typing.get_args(tp)
+    return "; ".join([rule.detail for rule in rules] + [text for text in [allowed_text(base)] if text])
 
 
 def _check(key: str, value: Any, tp: Any, raw: Any) -> Any:
     """Returns `value` converted to `tp`, or raises a ValueError naming key, value and expected type."""
     origin = typing.get_origin(tp)
-    problem = ValueError(f"Args: {key}={raw!r} is not a valid {_type_name(tp)}")
+    allowed = allowed_text(tp)
+    problem = ValueError(f"Args: {key}={raw!r} is not a valid {_type_name(tp)}" + (f" (expected {allowed})" if
+                                                                                    allowed else ""))
+    if origin is Annotated:
+        base, *rules = typing.get_args(tp)
+        for rule in rules:
+            value = rule.normalise(value)
+        try:
+            value = _check(key, value, base, raw)
+        except ValueError:
+            raise problem from None
+        if not all(rule.check(value) for rule in rules):
+            raise problem
+        return value
     if origin in (types.UnionType, typing.Union):
         members = typing.get_args(tp)
         if value is None and type(None) in members:
@@ -73,38 +291,74 @@ def _check(key: str, value: Any, tp: Any, raw: Any) -> Any:
 
 def _parse_cli_value(text: str, tp: Any) -> Any:
     """Parses a command-line string for a field of type `tp` (strings need no quotes; lists may be comma-separated)."""
+    if typing.get_origin(tp) is Annotated:
+        return _parse_cli_value(text, typing.get_args(tp)[0])
     members = [m for m in typing.get_args(tp) if m is not type(None)] if typing.get_origin(tp) in (
         types.UnionType, typing.Union) else [tp]
     if text == "None" and len(members) < len(typing.get_args(tp) or [tp]):
         return None
+    list_type = next((m for m in members if typing.get_origin(m) is list), None)
+    if list_type is not None:
+        # Item by item, so that list[str] takes unquoted digits as strings ("--ckpt_index_list=[10000,20000]") and
+        # a single item ("--lr_steps=40000") is that one-element list.
+        (item_type,) = typing.get_args(list_type)
+        return [_parse_cli_item(item, item_type) for item in _split_list(text)]
     if members == [str]:
         return text
     if members == [bool] and text.lower() in _TRUE | _FALSE:
         return text.lower() in _TRUE
     try:
-        value = ast.literal_eval(text)
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        pass
-    else:
-        # A single item for a list field ("--lr_steps=40000") is that one-element list.
-        wants_list = any(typing.get_origin(m) is list for m in members)
-        return [value] if wants_list and not isinstance(value, (list, tuple)) else value
-    if any(typing.get_origin(m) is list for m in members):
-        item_type = typing.get_args(next(m for m in members if typing.get_origin(m) is list))[0]
-        items = [item.strip() for item in text.strip("[]").split(",") if item.strip()]
-        return [_parse_cli_value(item, item_type) for item in items]
-    return text
+        return text
+
+
+def _split_list(text: str) -> list[str]:
+    """The items of "[a, b]", "a,b" or "a": split at commas outside quotes, blanks dropped."""
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    items, current, quote = [], "", ""
+    for char in inner:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ",":
+            items.append(current.strip())
+            current = ""
+            continue
+        current += char
+    items.append(current.strip())
+    return [item for item in items if item]
+
+
+def _parse_cli_item(text: str, item_type: Any) -> Any:
+    """One list item: a string as written (quotes removed when quoted), other types as a single value."""
+    if item_type is str:
+        quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+        return ast.literal_eval(text) if quoted else text
+    return _parse_cli_value(text, item_type)
 
 
 class Config:
     """Base of every script's `class Args`: typed defaults, strict overrides, args.json round trip."""
 
     def __init__(self, **overrides: Any) -> None:
+        self._assign(overrides, {})
+
+    def _assign(self, overrides: dict[str, Any], raws: dict[str, str]) -> None:
+        """Sets every field, from `overrides` or its default, each checked against its rules: a default that a
+        user must replace (an empty RequiredPath) is refused as well, naming the key."""
         fields = self.fields()
-        for key, tp in fields.items():
-            setattr(self, key, copy.deepcopy(getattr(type(self), key)))
-        for key, value in overrides.items():
-            self.set(key, value)
+        for key in overrides:
+            if key not in fields:
+                raise ValueError(f"Args: unknown key {key!r} (value {overrides[key]!r}); known keys: "
+                                 f"{', '.join(fields)}")
+        # The values given first: a bad one is reported before a required field that was left out.
+        for key in [*overrides, *(key for key in fields if key not in overrides)]:
+            value = overrides[key] if key in overrides else copy.deepcopy(getattr(type(self), key))
+            setattr(self, key, _check(key, value, fields[key], raws.get(key, value)))
 
     @classmethod
     def fields(cls) -> dict[str, Any]:
@@ -113,7 +367,7 @@ class Config:
         for klass in reversed(cls.__mro__):
             if klass in (Config, object):
                 continue
-            hints = typing.get_type_hints(klass)
+            hints = typing.get_type_hints(klass, include_extras=True)
             for key in vars(klass).get("__annotations__", {}):
                 if not hasattr(klass, key):
                     raise TypeError(f"Args field {key} of {klass.__name__} needs a default value")
@@ -130,15 +384,18 @@ class Config:
     @classmethod
     def from_cli(cls, argv: Iterable[str]) -> "Config":
         """Builds Args from the defaults and ``--key=value`` arguments."""
-        args = cls()
         fields = cls.fields()
+        values: dict[str, Any] = {}
+        raws: dict[str, str] = {}
         for item in argv:
             if not item.startswith("--") or "=" not in item:
                 raise ValueError(f"Args: expected --key=value, received {item!r}")
             key, text = item[2:].split("=", 1)
             if key not in fields:
                 raise ValueError(f"Args: unknown key {key!r} (value {text!r}); known keys: {', '.join(fields)}")
-            args.set(key, _parse_cli_value(text, fields[key]), raw=text)
+            values[key], raws[key] = _parse_cli_value(text, fields[key]), text
+        args = cls.__new__(cls)
+        args._assign(values, raws)
         return args
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,12 +403,7 @@ class Config:
 
     def save(self, path: str | Path) -> Path:
         """Writes the resolved Args as JSON (``args.json`` beside a run's outputs); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-        return path
+        return write_replacing(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path, strict: bool = True) -> "Config":
@@ -179,13 +431,281 @@ class Config:
         return type(self) is type(other) and self.to_dict() == other.to_dict()
 
 
-def setup_logging(log_file: str | Path | None = None, level: int = 20) -> None:
-    """Logs to the console and, when given, to `log_file` (created with its folder); INFO by default."""
-    import logging
+def write_replacing(path: str | Path, text: str) -> Path:
+    """Writes UTF-8 `text` to `path` through ``<path>.tmp`` beside it: a failure at any point (a full disk, text that
+    is not UTF-8, Ctrl-C) leaves the earlier file as it was and no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
+
+def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Logs to the console and, when given, to `log_file` (created with its folder); INFO by default."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
                         force=True)
+    # TensorFlow gives its logger a console handler of its own when it is imported before logging is set up; its
+    # records also reach ours through the root logger, so every TensorFlow line would be printed twice.
+    logging.getLogger("tensorflow").handlers.clear()
+
+
+# ------------------------------------------------------------------------------------------------ the entry helper
+
+DEBUG_ENV = "INSIGHTFACE_TF_DEBUG"
+TF_LOG_ENV = "TF_CPP_MIN_LOG_LEVEL"
+# Errors a user can cause or meet (bad value, missing file, full disk, NaN loss, Ctrl-C, a missing optional package,
+# a dead worker process): one line, no traceback. Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError, KeyboardInterrupt,
+                                                    ImportError, MemoryError, BrokenProcessPool)
+EXIT_ERROR = 1  # an expected error while running
+EXIT_BAD_ARGS = 2  # a bad --key=value (the usual exit status of a command-line usage error)
+
+
+def debug_requested(argv: Iterable[str]) -> bool:
+    """True for ``--debug`` among the arguments or INSIGHTFACE_TF_DEBUG=1: full tracebacks and TensorFlow's logs."""
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") == "1"
+
+
+def quiet_tensorflow(argv: Iterable[str]) -> None:
+    """Hides TensorFlow's C++ start-up notices and the CUDA-not-found errors, unless TF_CPP_MIN_LOG_LEVEL is set or
+    debugging is asked for.
+
+    Set in the environment, so worker processes (align's) inherit it. TensorFlow reads it once, when it is imported:
+    this has to run before that, hence also on importing this module from a script (`_called_as_a_script`).
+    Python-side warnings (ours and TensorFlow's) are not affected.
+    """
+    if debug_requested(argv):
+        return
+    os.environ.setdefault(TF_LOG_ENV, "3")
+    _filter_tensorflow_import()
+
+
+# The lines TensorFlow's libraries print while they load, before they read TF_CPP_MIN_LOG_LEVEL: absl's banner, and
+# records such as "I0000 00:00:1796123710.191372    9794 port.cc:153] oneDNN custom operations are on...".
+_ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_ABSL_RECORD = re.compile(r"^([IWE])\d{4} \d\d:\d\d:[\d.]+\s+\d+ \S+:\d+\] ")
+_SEVERITIES = "IWE"  # TF_CPP_MIN_LOG_LEVEL 1 hides I, 2 also W, 3 also E
+
+
+def _filter_tensorflow_import() -> None:
+    """Applies TF_CPP_MIN_LOG_LEVEL to those load-time lines too, by filtering stderr while `tensorflow` is imported."""
+    try:
+        level = int(os.environ.get(TF_LOG_ENV, "0"))
+    except ValueError:
+        return
+    if level > 0 and "tensorflow" not in sys.modules and not any(
+            isinstance(finder, _TensorFlowImportFilter) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _TensorFlowImportFilter(_SEVERITIES[:level]))
+
+
+class _TensorFlowImportFilter(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as usual, but runs its import with file descriptor 2 captured, then writes back every line
+    except the absl banner and absl records of the hidden severities (Python warnings and errors come through)."""
+
+    def __init__(self, hidden: str) -> None:
+        self.hidden = hidden
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once, and the real finders do the finding
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader, self.hidden)
+        return spec
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, hidden: str) -> None:
+        self.loader, self.hidden = loader, hidden
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader  # TensorFlow sees its real loader
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                self.loader.exec_module(module)
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                        if not self._hidden(line)]
+                os.write(2, "".join(kept).encode())
+
+    def _hidden(self, line: str) -> bool:
+        record = _ABSL_RECORD.match(line)
+        return line.strip() == _ABSL_BANNER or (record is not None and record.group(1) in self.hidden)
+
+
+def _called_as_a_script() -> bool:
+    """True when the running program is one of this repository's scripts (not pytest, a notebook or python -c)."""
+    root = Path(__file__).resolve().parent
+    if _module_run_of_this_repository(root):
+        return True
+    # "__mp_main__": the script's module as a spawned worker process (align's) imports it.
+    for main_name in ("__main__", "__mp_main__"):
+        main_file = getattr(sys.modules.get(main_name), "__file__", None)
+        path = Path(main_file).resolve() if main_file else None
+        if path is not None and path.is_relative_to(root) and not any(
+                part.startswith(".") or part == "site-packages" for part in path.relative_to(root).parts):
+            return True
+    return False
+
+
+def _module_run_of_this_repository(root: Path) -> bool:
+    """True for ``python -m <package>.<module>`` of a package of this repository: during such a run the package's
+    __init__ (which may import Keras, hence TensorFlow) executes before __main__ exists, so only the command line
+    says what is running."""
+    argv = getattr(sys, "orig_argv", [])
+    if "-m" not in argv[1:-1]:
+        return False
+    package = argv[argv.index("-m", 1) + 1].split(".")[0]
+    return (root / package / "__init__.py").is_file() or (root / f"{package}.py").is_file()
+
+
+def run_script(args_class: type[Config], main: Callable[[Any], Any], argv: list[str] | None = None) -> NoReturn:
+    """Every script's ``__main__`` block: ``--help``, logging, Args from the command line, then `main(args)`.
+
+    Exits 0 (or main's return value when it is an int), 1 after an expected error (`EXPECTED_ERRORS`, logged as one
+    line), 2 for a bad --key=value. ``--debug`` or INSIGHTFACE_TF_DEBUG=1 lets the error's traceback through and
+    keeps TensorFlow's own start-up log.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # worker processes (align's) debug too
+    quiet_tensorflow(argv)
+    argv = [item for item in argv if item != "--debug"]
+    if "--help" in argv or "-h" in argv:
+        sys.stdout.write(help_text(args_class, main) + "\n")
+        sys.exit(0)
+    setup_logging()
+    try:
+        args = args_class.from_cli(argv)
+    except ValueError as err:
+        if debug:
+            raise
+        _script_logger().error("%s (--help lists every key)", _one_line(err))
+        sys.exit(EXIT_BAD_ARGS)
+    try:
+        result = main(args)
+    except _expected_errors() as err:
+        if debug:
+            raise
+        _script_logger().error("%s (--debug shows the traceback)", _one_line(err) or type(err).__name__)
+        sys.exit(EXIT_ERROR)
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """EXPECTED_ERRORS, and TensorFlow's out-of-memory error when TensorFlow is loaded (never imported for this)."""
+    tf = sys.modules.get("tensorflow")
+    errors = getattr(tf, "errors", None)
+    return EXPECTED_ERRORS + ((errors.ResourceExhaustedError,) if errors is not None else ())
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return f"{type(err).__name__}: {text}" if text and not isinstance(err, ValueError) else text
+
+
+def help_text(args_class: type[Config], main: Callable[[Any], Any] | None = None) -> str:
+    """The ``--help`` page: the script's run line and docstring summary, then every field's type, default and its
+    comment in `class Args`."""
+    module = sys.modules.get(main.__module__) if main is not None else None
+    summary = (inspect.getdoc(module) or "").split("\n\n")[0] if module is not None else ""
+    comments = _field_comments(args_class)
+    fields = args_class.fields()
+    rows = [(f"--{key}", _type_name(tp), _cli_text(getattr(args_class, key)), _help_what(comments.get(key, ""), tp))
+            for key, tp in fields.items()]
+    headers = ("key", "type", "default")
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(3)]
+    lines = [f"usage: {_program()} [--key=value ...] [--debug] [--help]", ""]
+    if summary:
+        lines += [summary, ""]
+    lines += ["Args (edit `class Args` in the script, or override a field with --key=value; lists as [a,b] or a,b):",
+              "  " + "  ".join(name.ljust(width) for name, width in zip(headers, widths))
+              + "  what"]
+    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+              for row in rows]
+    lines += ["", "  --debug  full tracebacks and TensorFlow's own start-up log (also INSIGHTFACE_TF_DEBUG=1)",
+              "  --help   this page"]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _help_what(comment: str, tp: Any) -> str:
+    """A field's comment, then what its rules allow (last: a long list of choices only widens its own line)."""
+    allowed = allowed_text(tp)
+    return f"{comment} [allowed: {allowed}]" if allowed else comment
+
+
+def _program() -> str:
+    """How this script was started: ``python -m nets`` or ``python train_nets.py``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # None for a script run by its path
+    if spec is not None:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return f"python {sys.argv[0]}"
+
+
+def _script_logger() -> logging.Logger:
+    """The logger named after the running script ("train_nets", "nets", "data.synthetic")."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return logging.getLogger(spec.name.removesuffix(".__main__") if spec is not None else Path(sys.argv[0]).stem)
+
+
+def _cli_text(value: Any) -> str:
+    """A default as it would be typed on the command line."""
+    if isinstance(value, list):
+        return "[" + ",".join(_cli_text(item) for item in value) + "]"
+    if isinstance(value, str):
+        return value if value else '""'
+    return str(value)
+
+
+def _field_comments(args_class: type[Config]) -> dict[str, str]:
+    """Field name -> its comment in the source of `args_class` (or of the base class defining it): the full-line
+    comments right above the field, then the one beside it. Section banners (``# --- data ---``) are left out."""
+    comments: dict[str, str] = {}
+    for klass in reversed(args_class.__mro__):
+        if klass in (Config, object) or "__annotations__" not in vars(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # defined where there is no source (an interactive session)
+            continue
+        lines = source.splitlines()
+        by_line = {token.start[0]: token.string.lstrip("#").strip()
+                   for token in tokenize.generate_tokens(iter(source.splitlines(keepends=True)).__next__)
+                   if token.type == tokenize.COMMENT}
+        for node in ast.parse(source).body[0].body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            above = node.lineno
+            while above - 1 in by_line and lines[above - 2].lstrip().startswith("#") and not _BANNER.match(
+                    by_line[above - 1]):
+                above -= 1
+            comments[node.target.id] = " ".join(by_line[n] for n in range(above, node.end_lineno + 1) if n in by_line)
+    return comments
+
+
+_BANNER = re.compile(r"^-{2,}.*-{2,}$")
+
+
+if _called_as_a_script():
+    quiet_tensorflow(sys.argv[1:])

@@ -12,28 +12,31 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
+from typing import Annotated
 
-from config import Config, setup_logging
+from config import Choices, Config, Length, PositiveInt, Range, RequiredPath, run_script
 
 log = logging.getLogger("demo")
 
 
 class Args(Config):
-    output_dir: str = "./output/demo"  # everything the demo writes
-    num_train_identities: int = 60  # synthetic identities to train on
-    num_eval_identities: int = 30  # other identities, only for verification
-    images_per_identity: int = 16  # images drawn per identity (pose, light, expression vary)
-    image_size: int = 48  # square images; the IR-ResNet is built for this size (small: CPU minutes)
-    net_depth: int = 18  # IR-ResNet depth
-    loss: str = "cosface"  # converges within minutes from scratch on 60 identities; arcface needs longer
-    batch_size: int = 32  # images per step
-    max_steps: int = 300  # training steps (about 4 minutes on 2 free CPU cores)
-    lr_values: list[float] = [0.01, 0.001]  # piecewise-constant learning rates
-    lr_steps: list[int] = [250]  # plain step numbers (not scaled by batch size)
-    pairs_per_fold: int = 30  # matched and mismatched pairs per fold, 10 folds
-    seed: int = 0  # data, initialisation and shuffling
+    output_dir: RequiredPath = "./output/demo"  # everything the demo writes
+    num_train_identities: Annotated[int, Range(2)] = 60  # synthetic identities to train on
+    num_eval_identities: Annotated[int, Range(2)] = 30  # other identities, only for verification
+    images_per_identity: Annotated[int, Range(2)] = 16  # images drawn per identity (pose, light, expression vary)
+    # square images; the IR-ResNet is built for this size (small: CPU minutes)
+    image_size: Annotated[int, Range(16, 512)] = 48
+    net_depth: Annotated[int, Choices(18, 34, 50, 100, 152, 200)] = 18  # IR-ResNet depth
+    # converges within minutes from scratch on 60 identities; arcface needs longer
+    loss: Annotated[str, Choices("arcface", "cosface", "combined", "softmax")] = "cosface"
+    batch_size: PositiveInt = 32  # images per step
+    max_steps: PositiveInt = 300  # training steps (about 4 minutes on 2 free CPU cores)
+    # piecewise-constant learning rates
+    lr_values: Annotated[list[float], Range(0, low_open=True), Length(1)] = [0.01, 0.001]
+    lr_steps: Annotated[list[int], Range(1)] = [250]  # plain step numbers (not scaled by batch size)
+    pairs_per_fold: PositiveInt = 30  # matched and mismatched pairs per fold, 10 folds
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # data, initialisation and shuffling
 
 
 def make_data(args: Args, root: Path) -> tuple[Path, Path, Path]:
@@ -93,5 +96,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

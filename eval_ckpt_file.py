@@ -12,28 +12,33 @@ and writes into `output_dir`: report.json, a ROC curve PNG and a PNG of the hard
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
+from typing import Annotated
 
-from config import Config, setup_logging
+from config import (Choices, Config, ImageSizeOrNetwork, NonNegativeInt, OptionalPath, PositiveInt, RequiredPath,
+                    run_script)
 
 log = logging.getLogger("eval_ckpt_file")
 
 
 class Args(Config):
-    ckpt_file: str = "./output/ckpt/InsightFace_iter-"  # checkpoint prefix; ckpt_index_list entries are appended
-    ckpt_index_list: list[str] = ["10000"]  # e.g. ["10000", "20000"]; [] = ckpt_file is the checkpoint itself
-    eval_dataset: str = ""  # custom aligned dataset: one folder per identity (align/align_dataset_mtcnn.py output)
-    eval_pair: str = ""  # its pairs.txt (generate_pairs.py; the LFW layout or the fork's tab format)
-    eval_datasets: list[str] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
-    eval_db_path: str = "./datasets/faces_ms1m_112x112"  # folder of the .bin files
-    batch_size: int = 32  # images per forward pass
-    image_size: list[int] = []  # [height, width]; [] = the network's input size
-    channel_order: str = ""  # "BGR"/"RGB"; "" = from the checkpoint's args.json (BGR for the seed's checkpoints)
-    flip: str = "sum"  # "sum" (the seed's Accuracy-Flip), "none", or "concat" (facenet)
-    nrof_folds: int = 0  # 0 = the pairs file's header (10 for LFW and .bin sets)
+    # checkpoint prefix; ckpt_index_list entries are appended
+    ckpt_file: RequiredPath = "./output/ckpt/InsightFace_iter-"
+    ckpt_index_list: list[RequiredPath] = ["10000"]  # e.g. ["10000", "20000"]; [] = ckpt_file is the checkpoint itself
+    # custom aligned dataset: one folder per identity (align/align_dataset_mtcnn.py output)
+    eval_dataset: OptionalPath = ""
+    eval_pair: OptionalPath = ""  # its pairs.txt (generate_pairs.py; the LFW layout or the fork's tab format)
+    eval_datasets: list[RequiredPath] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
+    eval_db_path: RequiredPath = "./datasets/faces_ms1m_112x112"  # folder of the .bin files
+    batch_size: PositiveInt = 32  # images per forward pass
+    image_size: ImageSizeOrNetwork = []  # [height, width] (one N: N x N); [] = the network's input size
+    # "BGR"/"RGB"; "" = from the checkpoint's args.json (BGR for the seed's checkpoints)
+    channel_order: Annotated[str, Choices("", "BGR", "RGB")] = ""
+    # "sum" (the seed's Accuracy-Flip), "none", or "concat" (facenet)
+    flip: Annotated[str, Choices("sum", "none", "concat")] = "sum"
+    nrof_folds: NonNegativeInt = 0  # 0 = the pairs file's header (10 for LFW and .bin sets)
     skip_missing: bool = False  # skip (and count) pairs whose images are missing instead of stopping
-    output_dir: str = "./output/eval"  # report.json, ROC and hardest-pairs PNGs
+    output_dir: RequiredPath = "./output/eval"  # report.json, ROC and hardest-pairs PNGs
 
 
 def checkpoint_paths(args: Args) -> list[str]:
@@ -55,7 +60,7 @@ def trained_channel_order(checkpoint: str) -> str:
 
 
 def load_sets(args: Args, image_size: tuple[int, int]) -> list:
-    """The verification sets of `args`, read once at the network's input size."""
+    """The verification sets of `args`, read at `image_size` (height, width)."""
     from eval.sets import load_bin_set, load_pairs_set
 
     if not args.eval_dataset and not args.eval_datasets:
@@ -78,19 +83,21 @@ def evaluate_checkpoints(args: Args) -> list[dict]:
     from training.validation import embedding_function
 
     output_dir = Path(args.output_dir)
-    reports, sets = [], None
+    reports = []
+    sets_by_size: dict[tuple[int, int], list] = {}  # checkpoints of one call may have different input sizes
     for checkpoint in checkpoint_paths(args):
         model = load_embedding_model(checkpoint)
         image_size = tuple(args.image_size) if args.image_size else tuple(model.input_shape[1:3])
-        if sets is None:
-            sets = load_sets(args, image_size)
+        if image_size not in sets_by_size:
+            sets_by_size[image_size] = load_sets(args, image_size)
+        sets = sets_by_size[image_size]
         channel_order = args.channel_order or trained_channel_order(checkpoint)
         embed = embedding_function(model)
         index = Path(checkpoint).name
         for vset in sets:
             report = run_verification(embed, vset, batch_size=args.batch_size, channel_order=channel_order,
                                       flip=args.flip, nrof_folds=args.nrof_folds or None, step=index)
-            report["checkpoint"] = checkpoint
+            report.update(checkpoint=checkpoint, image_size=list(image_size))
             report["files"] = {k: str(v) for k, v in save_report_files(output_dir / f"{vset.name}_{index}", vset,
                                                                        report).items()}
             reports.append(report)
@@ -108,5 +115,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

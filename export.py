@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
-from config import Config, setup_logging
+from config import Choices, Config, Length, PositiveInt, Range, RequiredPath, run_script
 
 log = logging.getLogger("export")
 
@@ -25,18 +25,22 @@ log = logging.getLogger("export")
 class Args(Config):
     # A .keras file, a seed TF1 checkpoint prefix (the path given to Saver.restore) or one of our training
     # checkpoints (prefix, or a run folder for its latest checkpoint).
-    input_model: str = "./output/ckpt/best/embedding.keras"
-    output_dir: str = "./output/export"  # the exported files and export_report.json
+    input_model: RequiredPath = "./output/ckpt/best/embedding.keras"
+    output_dir: RequiredPath = "./output/export"  # the exported files and export_report.json
     # Any of saved_model, keras, onnx, tflite (float32), tflite_fp16, tflite_int8.
-    formats: list[str] = ["saved_model", "keras", "onnx", "tflite"]
+    formats: Annotated[list[str], Choices("saved_model", "keras", "onnx", "tflite", "tflite_fp16", "tflite_int8"),
+                       Length(1)] = ["saved_model", "keras", "onnx", "tflite"]
     with_preprocessing: bool = True  # uint8 RGB images in, L2-normalised embeddings out (else: normalised input)
+    # [height, width] of the faces deployers will feed, resized inside the model to the network's input size;
+    # None: the network's own input size (recorded in export_metadata.json). Needs with_preprocessing.
+    input_size: Annotated[list[int], Range(1), Length(2, 2)] | None = None
     # "BGR" or "RGB": the order the network was trained with; None: the one recorded in the run's args.json,
     # else the seed's BGR.
-    channel_order: str | None = None
+    channel_order: Annotated[str, Choices("BGR", "RGB")] | None = None
     # Folder of face images (searched recursively) for the int8 calibration and the checks; None: random images.
-    calibration_dir: str | None = None
-    num_check_images: int = 8  # images run through Keras and every exported file for the comparison
-    num_calibration_images: int = 100  # images for the int8 calibration (from calibration_dir)
+    calibration_dir: RequiredPath | None = None
+    num_check_images: PositiveInt = 8  # images run through Keras and every exported file for the comparison
+    num_calibration_images: PositiveInt = 100  # images for the int8 calibration (from calibration_dir)
 
 
 def recorded_channel_order(input_model: str) -> tuple[str, Path] | None:
@@ -89,6 +93,32 @@ def sample_images(folder: str | None, count: int, image_size: tuple[int, int], s
     return np.stack(images)
 
 
+def _deployable(model, args: Args, channel_order: str):
+    """The model to export: the network wrapped with its preprocessing, or an already wrapped model as it is."""
+    from nets import export
+
+    info = export.deployment_info(model)
+    if info is None:
+        if args.with_preprocessing:
+            return export.with_preprocessing(model, channel_order, args.input_size)
+        if args.input_size is not None:
+            raise ValueError(f"input_size={args.input_size} needs with_preprocessing=true (the resize is part of it)")
+        return model
+    # An export of ours (e.g. output/export/embedding.keras): wrapping it again would map every face to one point.
+    if not args.with_preprocessing:
+        raise ValueError(f"input_model {args.input_model} already carries the preprocessing (uint8 RGB input); "
+                         f"with_preprocessing=false needs the training network (e.g. output/ckpt/best/embedding.keras)")
+    if args.input_size is not None and list(args.input_size) != info["input_size"]:
+        raise ValueError(f"input_model {args.input_model} already carries the preprocessing for input size "
+                         f"{info['input_size']}; input_size={args.input_size} needs the training network")
+    if args.channel_order is not None and args.channel_order != info["channel_order"]:
+        raise ValueError(f"input_model {args.input_model} already carries the preprocessing for channel order "
+                         f"{info['channel_order']}; channel_order={args.channel_order} needs the training network")
+    log.info("%s already carries the preprocessing (%s, input %s): exported as it is", args.input_model,
+             info["channel_order"], info["input_size"])
+    return model
+
+
 def main(args: Args) -> list:
     from data.preprocess import check_channel_order, normalize
     from nets import export
@@ -96,14 +126,12 @@ def main(args: Args) -> list:
 
     channel_order = resolve_channel_order(args)
     check_channel_order(channel_order)
-    model = load_embedding_model(args.input_model)
+    model = _deployable(load_embedding_model(args.input_model), args, channel_order)
     image_size = tuple(model.input_shape[1:3])
     check_images = sample_images(args.calibration_dir, args.num_check_images, image_size)
     calibration = (sample_images(args.calibration_dir, args.num_calibration_images, image_size, seed=1)
                    if "tflite_int8" in args.formats else None)
-    if args.with_preprocessing:
-        model = export.with_preprocessing(model, channel_order)
-    else:
+    if export.deployment_info(model) is None:
         check_images = normalize(check_images, channel_order).numpy()
         calibration = None if calibration is None else normalize(calibration, channel_order).numpy()
     log.info("exporting %s (%d weights, input %s) to %s: %s", model.name, model.count_params(), model.input_shape,
@@ -114,5 +142,4 @@ def main(args: Args) -> list:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

@@ -13,9 +13,9 @@ give the same file.
 from __future__ import annotations
 
 import logging
-import sys
+from typing import Annotated
 
-from config import Config, setup_logging
+from config import Config, Length, PositiveInt, Range, RequiredPath, run_script
 from eval.pair_sampling import sample_folds, scan_identities
 from eval.pairs import write_pairs
 
@@ -23,12 +23,14 @@ logger = logging.getLogger("generate_pairs")
 
 
 class Args(Config):
-    data_dir: str = "output/aligned"  # one folder per identity holding its images (align_dataset_mtcnn.py output)
-    pairs_filepath: str = "output/pairs.txt"  # the pairs file to write (replaced if it exists)
-    num_folds: int = 10  # folds of the protocol (LFW: 10); evaluation folds the pairs the same way
-    pairs_per_fold: int = 300  # matched pairs per fold, and as many mismatched ones (LFW: 300)
-    seed: int = 313  # random seed: the same data and seed give the same file
-    image_extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp"]  # files counted as images (any letter case)
+    # one folder per identity holding its images (align_dataset_mtcnn.py output)
+    data_dir: RequiredPath = "output/aligned"
+    pairs_filepath: RequiredPath = "output/pairs.txt"  # the pairs file to write (replaced if it exists)
+    num_folds: PositiveInt = 10  # folds of the protocol (LFW: 10); evaluation folds the pairs the same way
+    pairs_per_fold: PositiveInt = 300  # matched pairs per fold, and as many mismatched ones (LFW: 300)
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 313  # random seed: the same data and seed give the same file
+    # files counted as images (any letter case)
+    image_extensions: Annotated[list[RequiredPath], Length(1)] = [".png", ".jpg", ".jpeg", ".bmp"]
 
 
 def main(args: Args) -> None:
@@ -40,5 +42,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

@@ -12,72 +12,85 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
+# config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
+from config import (Choices, Config, ImageSize, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
+                    RequiredPath, registered_backbones, run_script)
 import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from config import Config, setup_logging
-
 log = logging.getLogger("train_nets")
 
 
 class Args(Config):
     # --- network (nets/) ---
-    net_depth: int = 50  # IR-ResNet depth: 18, 34, 50 (LResNet50E-IR, model D), 100, 152, 200
-    unit_type: str = "ir"  # "ir" or "se_ir"
-    norm: str = "bn"  # "bn" batch norm, "gn" group norm, "brn" batch renorm
-    net_width: int = 1  # 1 = model D; 4 = the seed's 4x-wide L_Resnet_E_IR.py (models A-C)
-    backbone: str = ""  # another backbone by registry name (nets.get_backbone); "" = the IR-ResNet above
-    dropout_rate: float = 0.4  # fraction dropped in the output block (the seed dropped 0.6: keep_prob 0.4)
-    embedding_size: int = 512  # embedding dimension
+    # IR-ResNet depth: 18, 34, 50 (LResNet50E-IR, model D), 100, 152, 200
+    net_depth: Annotated[int, Choices(18, 34, 50, 100, 152, 200)] = 50
+    unit_type: Annotated[str, Choices("ir", "se_ir")] = "ir"  # "ir" or "se_ir"
+    norm: Annotated[str, Choices("bn", "gn", "brn")] = "bn"  # "bn" batch norm, "gn" group norm, "brn" batch renorm
+    net_width: Annotated[int, Choices(1, 4)] = 1  # 1 = model D; 4 = the seed's 4x-wide L_Resnet_E_IR.py (models A-C)
+    # another backbone by registry name (nets.get_backbone); "" = the IR-ResNet above
+    backbone: Annotated[str, Choices("", names=registered_backbones, ignore_case=True)] = ""
+    # fraction dropped in the output block (the seed dropped 0.6: keep_prob 0.4)
+    dropout_rate: Annotated[float, Range(0, 1, high_open=True)] = 0.4
+    embedding_size: PositiveInt = 512  # embedding dimension
     sync_bn: bool = False  # batch-norm statistics over all replicas (multi-GPU)
     # --- margin head (losses/) ---
-    loss: str = "arcface"  # "arcface", "cosface", "combined" or "softmax"
-    margin_s: float | None = None  # scale s; None = the loss's default (64 arcface/combined, 30 cosface)
-    margin_m: float | None = None  # arcface/cosface margin m; None = default (0.5 arcface, 0.4 cosface)
-    margin_m1: float = 1.0  # combined margin: s*(cos(m1*theta + m2) - m3)
-    margin_m2: float = 0.3  # combined margin m2 (additive angular)
-    margin_m3: float = 0.2  # combined margin m3 (additive cosine)
-    num_output: int = 0  # number of classes; 0 = from the training data (the seed hard-coded 85164 for MS1M)
+    # "arcface", "cosface", "combined" or "softmax"
+    loss: Annotated[str, Choices("arcface", "cosface", "combined", "softmax")] = "arcface"
+    # scale s; None = the loss's default (64 arcface/combined, 30 cosface)
+    margin_s: Annotated[float, Range(0, low_open=True)] | None = None
+    # arcface/cosface margin m; None = default (0.5 arcface, 0.4 cosface)
+    margin_m: Annotated[float, Range(0)] | None = None
+    margin_m1: PositiveFloat = 1.0  # combined margin: s*(cos(m1*theta + m2) - m3)
+    margin_m2: Annotated[float, Range(0)] = 0.3  # combined margin m2 (additive angular)
+    margin_m3: Annotated[float, Range(0)] = 0.2  # combined margin m3 (additive cosine)
+    num_output: NonNegativeInt = 0  # number of classes; 0 = from the training data (the seed hard-coded 85164 for MS1M)
     # --- data (data/) ---
-    train_dataset_dir: str = "./datasets/train"  # identity folders, a train.rec, or TFRecord file(s)/folder/glob
-    image_size: list[int] = [112, 112]  # height, width; the network is built for it
-    channel_order: str = "BGR"  # the seed's BGR; recorded so evaluation uses the same
-    batch_size: int = 32  # global batch (split over the replicas)
-    epoch: int = 100000  # passes over the training data
-    max_steps: int = 0  # stop after this many steps; 0 = no limit
+    # identity folders, a train.rec, or TFRecord file(s)/folder/glob
+    train_dataset_dir: RequiredPath = "./datasets/train"
+    image_size: ImageSize = [112, 112]  # height, width (one N: N x N); the network is built for it
+    channel_order: Annotated[str, Choices("BGR", "RGB")] = "BGR"  # the seed's BGR; recorded so evaluation uses the same
+    batch_size: PositiveInt = 32  # global batch (split over the replicas)
+    epoch: PositiveInt = 100000  # passes over the training data
+    max_steps: NonNegativeInt = 0  # stop after this many steps; 0 = no limit
     # --- optimisation ---
-    lr_values: list[float] = [0.001, 0.0005, 0.0003, 0.0001]  # piecewise-constant learning rates
-    lr_steps: list[int] = [40000, 60000, 80000]  # boundaries between lr_values
+    # piecewise-constant learning rates
+    lr_values: Annotated[list[float], Range(0, low_open=True), Length(1)] = [0.001, 0.0005, 0.0003, 0.0001]
+    lr_steps: Annotated[list[int], Range(1)] = [40000, 60000, 80000]  # boundaries between lr_values
     lr_steps_scaled: bool = True  # multiply lr_steps by int(512 / batch_size), as the seed did
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-4  # L2 on conv/dense kernels, class weights, norm gammas, PReLU alphas
-    grad_accum_steps: int = 1  # micro-batches per update: batch_size images in batch_size/grad_accum_steps chunks
-    mixed_precision: str = "float32"  # "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16"
+    lr_steps_as_seed_ran: bool = False  # halve the boundaries: the iterations where the seed's runs really dropped
+    momentum: Annotated[float, Range(0, 1)] = 0.9  # SGD momentum
+    # L2 on conv/dense kernels, class weights, norm gammas, PReLU alphas
+    weight_decay: Annotated[float, Range(0)] = 5e-4
+    # micro-batches per update: batch_size images in batch_size/grad_accum_steps chunks
+    grad_accum_steps: PositiveInt = 1
+    # "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16"
+    mixed_precision: Annotated[str, Choices("float32", "mixed_float16", "mixed_bfloat16")] = "float32"
     jit_compile: bool = False  # XLA for the forward/backward pass (faster on GPUs, slower on this CPU)
-    seed: int = 313  # initialisation, shuffling and augmentation
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 313  # initialisation, shuffling and augmentation
     # --- validation (eval/) ---
-    eval_datasets: list[str] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
-    eval_db_path: str = "./datasets/faces_ms1m_112x112"  # folder of the .bin sets
-    eval_dataset: str = ""  # a custom aligned folder to validate on (with eval_pair)
-    eval_pair: str = ""  # its pairs.txt (generate_pairs.py)
-    validate_interval: int = 2000  # steps between validations (0 = never)
+    eval_datasets: list[RequiredPath] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
+    eval_db_path: RequiredPath = "./datasets/faces_ms1m_112x112"  # folder of the .bin sets
+    eval_dataset: OptionalPath = ""  # a custom aligned folder to validate on (with eval_pair)
+    eval_pair: OptionalPath = ""  # its pairs.txt (generate_pairs.py)
+    validate_interval: NonNegativeInt = 2000  # steps between validations (0 = never)
     # --- output ---
-    ckpt_path: str = "./output/ckpt"  # checkpoints, args.json, best/
-    summary_path: str = "./output/summary"  # TensorBoard
-    log_file_path: str = "./output/logs"  # text log
-    saver_maxkeep: int = 10  # checkpoints kept
-    ckpt_interval: int = 10000  # steps between checkpoints (also saved at the end)
-    summary_interval: int = 300  # steps between TensorBoard summaries
-    show_info_interval: int = 20  # steps between console/log lines
+    ckpt_path: RequiredPath = "./output/ckpt"  # checkpoints, args.json, best/
+    summary_path: RequiredPath = "./output/summary"  # TensorBoard
+    log_file_path: RequiredPath = "./output/logs"  # text log
+    saver_maxkeep: PositiveInt = 10  # checkpoints kept
+    ckpt_interval: NonNegativeInt = 10000  # steps between checkpoints (also saved at the end; 0 = only then)
+    summary_interval: PositiveInt = 300  # steps between TensorBoard summaries
+    show_info_interval: PositiveInt = 20  # steps between console/log lines
     # --- starting point ---
-    restore_path: str = ""  # fine-tune: a checkpoint (ours or the seed's TF1) whose backbone starts the run
+    restore_path: OptionalPath = ""  # fine-tune: a checkpoint (ours or the seed's TF1) whose backbone starts the run
     restore_head: bool = False  # also restore the class weights from restore_path (same classes)
 
 
@@ -140,7 +153,8 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     if worker is not None:
         # Every worker must take part in saving; only the chief writes where users look.
         ckpt_dir, summary_dir = ckpt_dir / worker, summary_dir / worker
-    args.save(ckpt_dir / checkpoints.ARGS_FILE)
+    # Before anything is written: a run's args.json must keep describing its checkpoints.
+    checkpoints.check_resumed_args(args, ckpt_dir)
 
     # --- data ---
     data = open_train_data(args.train_dataset_dir, image_size=tuple(args.image_size),
@@ -148,10 +162,14 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     num_classes = args.num_output or data.num_classes
     if num_classes < data.num_classes:
         raise ValueError(f"Args: num_output={args.num_output} but the training data has {data.num_classes} classes")
-    data.save_class_list(ckpt_dir / "classes.txt")
+    checkpoints.write_class_list(data, ckpt_dir)
     steps_per_epoch = data.num_images // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{args.train_dataset_dir}: {data.num_images} images, fewer than one batch of {global_batch}")
+    total_steps = args.epoch * steps_per_epoch
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    resume = _find_resume_point(args, ckpt_dir, total_steps)
     validation_sets = validation.load_validation_sets(args)
     log.info("training data %s: %d images of %d classes (%s), %d steps per epoch, %d replica(s)",
              args.train_dataset_dir, data.num_images, num_classes, data.format, steps_per_epoch, replicas)
@@ -161,7 +179,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
         model = build_embedding_model(args)
         head = build_head(args, num_classes)
         head.build((None, args.embedding_size))
-        boundaries = lr_boundaries(args.lr_steps, args.batch_size, args.lr_steps_scaled)
+        boundaries = lr_boundaries(args.lr_steps, args.batch_size, args.lr_steps_scaled, args.lr_steps_as_seed_ran)
         schedule = piecewise_schedule(args.lr_values, boundaries)
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=args.momentum)
         if args.mixed_precision == "mixed_float16":
@@ -178,21 +196,21 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
                                          checkpoint_name=checkpoints.CHECKPOINT_NAME, step_counter=progress.step)
     best_manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir / checkpoints.BEST_DIR), max_to_keep=1,
                                               checkpoint_name=checkpoints.BEST_CHECKPOINT_NAME)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", manager.latest_checkpoint,
+    saved_variables = model.weights + head.weights + optimizer.variables  # what save_checkpoint checks
+    last_good = resume.latest  # the newest checkpoint that reads back and whose weights are usable
+    if resume.latest:
+        checkpoints.restore_run(checkpoint, resume.latest)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume.latest,
                  int(progress.step), int(progress.epoch), int(progress.batch_in_epoch))
     elif args.restore_path:
         checkpoints.restore_for_fine_tuning(model, head, args.restore_path, args.restore_head)
+    args.save(ckpt_dir / checkpoints.ARGS_FILE)  # only now: a restore that fails leaves the run's args.json as it was
     log.info("lr %s with boundaries %s; %d weights decayed by %g", args.lr_values, boundaries,
              len(decayed_variables(variables)), args.weight_decay)
 
     # --- the loop ---
     train_step = make_train_step(args, strategy, model, head, optimizer, global_batch)
     writer = tf.summary.create_file_writer(str(summary_dir))
-    total_steps = args.epoch * steps_per_epoch
-    if args.max_steps:
-        total_steps = min(total_steps, args.max_steps)
     step = int(progress.step)
     metrics: dict[str, float] = {}
     window_start, window_step = time.perf_counter(), step
@@ -211,34 +229,60 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
                 if not math.isfinite(metrics["total_loss"]):
                     raise FloatingPointError(
                         f"loss is {metrics['total_loss']} at step {step}; last good checkpoint: "
-                        f"{manager.latest_checkpoint or 'none saved yet'}. Lower the learning rate or check the data.")
+                        f"{last_good or 'none saved yet'}. Lower the learning rate or check the data.")
                 metrics["learning_rate"] = float(schedule(optimizer.iterations))
                 bar.update(1)
-                if step % args.show_info_interval == 0 or step == total_steps:
+                show = step % args.show_info_interval == 0 or step == total_steps
+                summarize = step % args.summary_interval == 0
+                if show or summarize:  # samples/s over the steps since the last line or summary
                     now = time.perf_counter()
                     metrics["samples_per_sec"] = (step - window_step) * global_batch / max(now - window_start, 1e-9)
                     window_start, window_step = now, step
+                if show:
                     _show(bar, epoch, step, metrics)
-                if step % args.summary_interval == 0:
+                if summarize:
                     _write_summaries(step, metrics, model, head)
                 if args.ckpt_interval and step % args.ckpt_interval == 0:
-                    log.info("saved %s", manager.save(checkpoint_number=step))
+                    last_good = _save(manager, checkpoints.CHECKPOINT_NAME, step, saved_variables, last_good)
                 if args.validate_interval and validation_sets and step % args.validate_interval == 0:
-                    _validate(args, step, model, validation_sets, progress, best_manager, ckpt_dir)
+                    _validate(args, step, model, validation_sets, progress, best_manager, ckpt_dir, saved_variables)
                 if step >= total_steps:
                     break
             else:
                 progress.epoch.assign_add(1)
                 progress.batch_in_epoch.assign(0)
         bar.close()
-        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-            log.info("saved %s", manager.save(checkpoint_number=step))
+        if last_good is None or checkpoints.checkpoint_step(last_good) != step:
+            last_good = _save(manager, checkpoints.CHECKPOINT_NAME, step, saved_variables, last_good)
         if validation_sets and args.validate_interval and step % args.validate_interval:
-            _validate(args, step, model, validation_sets, progress, best_manager, ckpt_dir)
+            _validate(args, step, model, validation_sets, progress, best_manager, ckpt_dir, saved_variables)
     if data.num_skipped:
         log.warning("%d unreadable training images were skipped (listed above)", data.num_skipped)
-    return {"step": step, **metrics, "checkpoint": manager.latest_checkpoint,
+    return {"step": step, **metrics, "checkpoint": last_good,
             "best_accuracy": float(progress.best_accuracy), "best_checkpoint": best_manager.latest_checkpoint}
+
+
+def _find_resume_point(args: Args, ckpt_dir: Path, total_steps: int) -> checkpoints.ResumePoint:
+    """The checkpoint to resume from, found from the files (training.checkpoints.find_resume_point), after removing
+    the temp folders of interrupted saves; ValueError when this run would save over a checkpoint it cannot read."""
+    from training import checkpoints
+
+    checkpoints.clean_temp_folders(ckpt_dir, checkpoints.CHECKPOINT_NAME)
+    checkpoints.clean_temp_folders(ckpt_dir / checkpoints.BEST_DIR, checkpoints.BEST_CHECKPOINT_NAME)
+    resume = checkpoints.find_resume_point(ckpt_dir)
+    saves = [step for step in resume.unreadable if resume.step < step <= total_steps
+             and (step == total_steps or (args.ckpt_interval and step % args.ckpt_interval == 0))]
+    checkpoints.refuse_overwrites(resume, ckpt_dir, saves)
+    checkpoints.repair_state_file(resume, ckpt_dir, args.saver_maxkeep)
+    return resume
+
+
+def _save(manager: tf.train.CheckpointManager, name: str, step: int, variables: list, last_good: str | None) -> str:
+    from training import checkpoints
+
+    saved = checkpoints.save_checkpoint(manager, name, step, variables, last_good)
+    log.info("saved %s", saved)
+    return saved
 
 
 def _non_chief_worker(strategy: tf.distribute.Strategy) -> str | None:
@@ -268,19 +312,28 @@ def _write_summaries(step: int, metrics: dict[str, float], model: keras.Model, h
         tf.summary.histogram(variable.path, variable.value, step=step)
 
 
+# TensorBoard tag (validation/<set>/<tag>) of each report number logged at every validation.
+VALIDATION_SCALARS = {"accuracy_mean": "accuracy", "val": "val_at_far", "auc": "auc", "eer": "eer", "xnorm": "xnorm"}
+
+
 def _validate(args: Args, step: int, model: keras.Model, validation_sets: list, progress, best_manager,
-              ckpt_dir: Path) -> None:
+              ckpt_dir: Path, saved_variables: list) -> None:
+    from nets.export import save_keras
     from training import checkpoints, validation
 
-    accuracies = validation.validate(args, step, model, validation_sets)
-    for name, accuracy in accuracies.items():
-        tf.summary.scalar(f"validation/{name}", accuracy, step=step)
-    first = next(iter(accuracies.values()))
+    reports = validation.validate(args, step, model, validation_sets)
+    for name, report in reports.items():
+        for key, tag in VALIDATION_SCALARS.items():
+            if report[key] is not None:  # EER is None when the ROC never crosses TPR = 1 - FPR
+                tf.summary.scalar(f"validation/{name}/{tag}", report[key], step=step)
+    first_name, first_report = next(iter(reports.items()))
+    first = first_report["accuracy_mean"]
     if first > float(progress.best_accuracy):
         progress.best_accuracy.assign(first)
-        saved = best_manager.save(checkpoint_number=step)
-        model.save(ckpt_dir / checkpoints.BEST_DIR / checkpoints.EMBEDDING_EXPORT)
-        log.info("###### best accuracy %.5f on %s at step %d: %s", first, next(iter(accuracies)), step, saved)
+        saved = checkpoints.save_checkpoint(best_manager, checkpoints.BEST_CHECKPOINT_NAME, step, saved_variables,
+                                            best_manager.latest_checkpoint)
+        save_keras(model, ckpt_dir / checkpoints.BEST_DIR / checkpoints.EMBEDDING_EXPORT)  # loads without nets/
+        log.info("###### best accuracy %.5f on %s at step %d: %s", first, first_name, step, saved)
 
 
 def main(args: Args) -> None:
@@ -289,5 +342,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

@@ -13,22 +13,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
+from typing import Annotated
 
+# config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
+from config import Choices, NonNegativeInt, PositiveInt, run_script
 import tensorflow as tf
 
 import train_nets
-from config import setup_logging
 
 log = logging.getLogger("train_nets_mgpu_new")
 
 
 class Args(train_nets.Args):
-    num_gpus: int = 2  # devices (replicas) per machine
+    num_gpus: PositiveInt = 2  # devices (replicas) per machine
     multi_worker: bool = False  # MultiWorkerMirroredStrategy from the TF_CONFIG environment variable
-    batch_size: int = 64  # global batch over all replicas (the seed's multi-GPU default)
-    net_depth: int = 100  # the seed's multi-GPU default
-    ckpt_interval: int = 5000  # the seed's multi-GPU default
+    batch_size: PositiveInt = 64  # global batch over all replicas (the seed's multi-GPU default)
+    net_depth: Annotated[int, Choices(18, 34, 50, 100, 152, 200)] = 100  # the seed's multi-GPU default
+    ckpt_interval: NonNegativeInt = 5000  # the seed's multi-GPU default
 
 
 def make_strategy(num_gpus: int, multi_worker: bool = False) -> tf.distribute.Strategy:
@@ -51,13 +52,38 @@ def make_strategy(num_gpus: int, multi_worker: bool = False) -> tf.distribute.St
     if multi_worker:
         if "TF_CONFIG" not in os.environ:
             raise ValueError("Args: multi_worker=True needs the TF_CONFIG environment variable (see README)")
-        cluster = json.loads(os.environ["TF_CONFIG"])
-        log.info("multi-worker: task %s of cluster %s", cluster.get("task"), cluster.get("cluster"))
+        config = read_tf_config(os.environ["TF_CONFIG"])
+        log.info("multi-worker: task %s of cluster %s", config["task"], config["cluster"])
         return tf.distribute.MultiWorkerMirroredStrategy()
     # Reduction over CPUs needs the generic all-reduce; NCCL is the fast path on GPUs.
     cross_device_ops = tf.distribute.NcclAllReduce() if devices[0].startswith("/gpu") else \
         tf.distribute.ReductionToOneDevice()
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops)
+
+
+def read_tf_config(text: str) -> dict:
+    """The TF_CONFIG environment variable, checked: ValueError naming it and what is wrong, before TensorFlow reads it.
+
+    Expected: {"cluster": {"worker": ["host:port", ...], ...}, "task": {"type": "worker", "index": 0}}.
+    """
+    expected = 'expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}} (README)'
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not JSON ({err}): {expected}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(hosts, list) and hosts and all(isinstance(h, str) and ":" in h for h in hosts)
+            for hosts in cluster.values()):
+        raise ValueError(f"TF_CONFIG: bad or missing 'cluster' {cluster!r}: {expected}")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise ValueError(f"TF_CONFIG: 'task' {task!r} must name a job of the cluster ({sorted(cluster)}): {expected}")
+    index = task.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[task["type"]]):
+        raise ValueError(f"TF_CONFIG: task index {index!r} must be 0 to {len(cluster[task['type']]) - 1} for "
+                         f"job {task['type']!r}: {expected}")
+    return config
 
 
 def main(args: Args) -> None:
@@ -68,5 +94,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

@@ -10,8 +10,10 @@ the seed's (facenet's) box + margin crop resized to image_size.
 Outputs beside the class folders: `bounding_boxes.txt` (one line `<output png> x1 y1 x2 y2` per face written, the
 detector's box in input pixels; appended across runs), `failed_images.txt` (`<input path><TAB><reason>` for each
 unreadable image or image without a face in this run) and `align_args.json` (the settings; a resumed run must keep
-the same geometry). Existing outputs are skipped, so an interrupted run resumes. Worker processes, each with its own
-detector, use every core.
+the same geometry). Paths are written as the file system gives them: a name that is not valid UTF-8 keeps its bytes
+(surrogateescape), so no line is lost. A file that cannot be read (empty, corrupt, over the pixel limit of
+data/image_io.py, a symlink loop) is listed in failed_images.txt and the run goes on. Existing outputs are skipped,
+so an interrupted run resumes. Worker processes, each with its own detector, use every core.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import sys
 # repository's packages (config, data, align) are imported from the root, so it is added first.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
+from config import Choices, Config, Length, NonNegativeInt, PositiveInt, Range, RequiredPath, run_script  # noqa: E402
 import logging  # noqa: E402
 import multiprocessing  # noqa: E402
 import random  # noqa: E402
@@ -30,6 +34,7 @@ import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -38,7 +43,7 @@ from tqdm import tqdm  # noqa: E402
 from align.detector import (FaceDetector, check_detector_settings, limit_tensorflow_threads,  # noqa: E402
                             pick_central_face)
 from align.warp import crop_box, warp_to_template  # noqa: E402
-from config import Config, setup_logging  # noqa: E402
+from data.image_folders import printable_path  # noqa: E402
 from data.image_io import read_rgb  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -53,17 +58,20 @@ GEOMETRY_FIELDS = ("image_size", "mode", "margin")
 
 
 class Args(Config):
-    input_dir: str = ""  # folder of class folders of images (required)
-    output_dir: str = ""  # aligned faces go to output_dir/<class>/<name>.png (required)
-    image_size: int = 112  # side of the square output, pixels (the template is scaled from 112)
-    mode: str = "similarity"  # "similarity": 5-point warp onto the ArcFace template; "box": the seed's box crop
-    margin: int = 44  # mode "box": pixels added around the detection box (half on each side), as in the seed
-    min_face_size: int = 20  # smallest face MTCNN looks for, pixels (the seed's minsize)
-    thresholds: list[float] = [0.6, 0.7, 0.7]  # MTCNN P-net, R-net, O-net score thresholds (the seed's)
-    scale_factor: float = 0.709  # MTCNN image pyramid factor (the seed's)
+    input_dir: RequiredPath = ""  # folder of class folders of images (required)
+    output_dir: RequiredPath = ""  # aligned faces go to output_dir/<class>/<name>.png (required)
+    image_size: PositiveInt = 112  # side of the square output, pixels (the template is scaled from 112)
+    # "similarity": 5-point warp onto the ArcFace template; "box": the seed's box crop
+    mode: Annotated[str, Choices(*MODES)] = "similarity"
+    margin: NonNegativeInt = 44  # mode "box": pixels added around the detection box (half on each side), as in the seed
+    min_face_size: PositiveInt = 20  # smallest face MTCNN looks for, pixels (the seed's minsize)
+    # MTCNN P-net, R-net, O-net score thresholds (the seed's)
+    thresholds: Annotated[list[float], Range(0, 1), Length(3, 3)] = [0.6, 0.7, 0.7]
+    # MTCNN image pyramid factor (the seed's)
+    scale_factor: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.709
     detect_multiple_faces: bool = False  # True: every face, written as <name>_<i>.png; False: the central face only
     random_order: bool = False  # shuffle the images (lets several runs share one output_dir with less overlap)
-    num_workers: int = 0  # worker processes, each ~0.7 GB with its own detector; 0: one per available core
+    num_workers: NonNegativeInt = 0  # worker processes, each ~0.7 GB with its own detector; 0: one per available core
 
 
 @dataclass
@@ -115,14 +123,17 @@ def list_images(input_dir: Path, output_dir: Path) -> tuple[list[tuple[Path, Pat
     Every non-hidden file counts, as in the seed, so that a stray file is reported as unreadable rather than silently
     ignored.
     """
-    classes = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = [p for p in input_dir.iterdir() if not p.name.startswith(".")]
+    for link in (p for p in entries if p.is_symlink() and not p.exists()):
+        logger.warning("skipping %s: a broken link or a symlink loop, not a class folder", printable_path(link))
+    classes = sorted(p for p in entries if p.is_dir())
     if not classes:
         raise ValueError(f"{input_dir}: no class folders found; expected input_dir/<class>/<image>")
     first_source: dict[Path, Path] = {}
     clashes = []
     for folder in classes:
         for image in sorted(folder.iterdir()):
-            if not image.is_file() or image.name.startswith("."):
+            if image.is_dir() or image.name.startswith("."):  # a broken link or a loop is reported as unreadable
                 continue
             stem = output_dir / folder.name / image.stem
             if stem in first_source:
@@ -235,7 +246,9 @@ def align_dataset(args: Args, detector: FaceDetector | None = None) -> Alignment
     logger.info("%d images in %s, %d already aligned, %d to do with %s", summary.total, input_dir, summary.skipped,
                 len(tasks), "this process" if detector is not None or workers == 1 else f"{workers} workers")
     start = time.perf_counter()
-    with open(output_dir / BOXES_FILE, "a") as boxes, open(output_dir / FAILED_FILE, "w") as failed:
+    # surrogateescape: a file name that is not UTF-8 is written back as its own bytes instead of failing the write.
+    with open(output_dir / BOXES_FILE, "a", encoding="utf-8", errors="surrogateescape") as boxes, \
+            open(output_dir / FAILED_FILE, "w", encoding="utf-8", errors="surrogateescape") as failed:
         for source, taken_by in clashes:
             failed.write(f"{source}\tnot aligned: its output name is taken by {taken_by}\n")
         for result in tqdm(_results(tasks, args, detector, workers), total=len(tasks), desc="align", unit="img"):
@@ -276,7 +289,7 @@ def _record(result: ImageResult, summary: AlignmentSummary, boxes, failed) -> No
         summary.unreadable += 1
     failed.write(f"{result.source}\t{result.reason}\n")
     failed.flush()
-    logger.debug("%s: %s", result.source, result.reason)
+    logger.debug("%s: %s", printable_path(Path(result.source)), result.reason)
 
 
 def _log_summary(summary: AlignmentSummary, output_dir: Path) -> None:
@@ -293,5 +306,4 @@ def main(args: Args) -> AlignmentSummary:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

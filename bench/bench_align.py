@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as `python bench/bench_align.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
@@ -27,17 +28,19 @@ import numpy as np  # noqa: E402
 
 from align.align_dataset_mtcnn import Args as AlignArgs, align_dataset  # noqa: E402
 from align.detector import FaceDetector, template_eye_error  # noqa: E402
-from config import Config, setup_logging  # noqa: E402
+from config import Config, Length, PositiveFloat, Range, RequiredPath, run_script  # noqa: E402
 from data.image_io import read_rgb  # noqa: E402
 
 logger = logging.getLogger("bench_align")
 
 
 class Args(Config):
-    input_dir: str = str(REPO.parent / "shared" / "data" / "yale_faces")  # folder of class folders of real faces
-    worker_counts: list[int] = [1, 2]  # num_workers values timed (1: this process, all TensorFlow threads)
-    eye_tolerance_px: float = 3.0  # an aligned face counts as "eyes on template" within this distance
-    output_json: str = str(REPO / "bench" / "results" / "align.json")
+    # folder of class folders of real faces
+    input_dir: RequiredPath = str(REPO.parent / "shared" / "data" / "yale_faces")
+    # num_workers values timed (1: this process, all TensorFlow threads)
+    worker_counts: Annotated[list[int], Range(1), Length(1)] = [1, 2]
+    eye_tolerance_px: PositiveFloat = 3.0  # an aligned face counts as "eyes on template" within this distance
+    output_json: RequiredPath = str(REPO / "bench" / "results" / "align.json")
 
 
 def cpu_seconds() -> float:
@@ -122,5 +125,4 @@ def report(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as `python bench/bench_eval.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
@@ -22,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from config import Config, setup_logging  # noqa: E402
+from config import Config, PositiveInt, Range, RequiredPath, run_script  # noqa: E402
 from timing import median_seconds  # noqa: E402
 from eval.verification import verify  # noqa: E402
 from tests.test_verification import noisy_pairs, reference_evaluate  # noqa: E402
@@ -31,10 +32,10 @@ logger = logging.getLogger("bench_eval")
 
 
 class Args(Config):
-    num_pairs: int = 6000  # pairs evaluated (LFW: 6,000)
-    embedding_size: int = 512  # embedding dimension
-    repeats: int = 20  # timed runs of the vectorised protocol (the median is reported)
-    output_json: str = str(REPO / "bench" / "results" / "eval.json")
+    num_pairs: Annotated[int, Range(20)] = 6000  # pairs evaluated (LFW: 6,000)
+    embedding_size: PositiveInt = 512  # embedding dimension
+    repeats: PositiveInt = 20  # timed runs of the vectorised protocol (the median is reported)
+    output_json: RequiredPath = str(REPO / "bench" / "results" / "eval.json")
 
 
 def main(args: Args) -> dict:
@@ -71,5 +72,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

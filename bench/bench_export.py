@@ -16,6 +16,7 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as `python bench/bench_export.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
@@ -23,20 +24,23 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from config import Config, setup_logging  # noqa: E402
+from config import (Choices, Config, Length, NonNegativeInt, PositiveInt, Range, RequiredPath, registered_backbones,
+                    run_script)  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 logger = logging.getLogger("bench_export")
 
 
 class Args(Config):
-    backbone: str = "resnet50_ir"  # a nets.registry name
-    image_size: int = 112  # input height and width
-    batch_size: int = 8  # images per timed call
-    repeats: int = 5  # timed calls per format (the median is reported)
-    formats: list[str] = ["saved_model", "keras", "onnx", "tflite", "tflite_fp16", "tflite_int8"]
-    bn_calibration_passes: int = 30  # training-mode passes that set the BN statistics before exporting
-    output_json: str = str(REPO / "bench" / "results" / "export.json")
+    # a nets.registry name
+    backbone: Annotated[str, Choices(names=registered_backbones, ignore_case=True)] = "resnet50_ir"
+    image_size: Annotated[int, Range(16)] = 112  # input height and width
+    batch_size: PositiveInt = 8  # images per timed call
+    repeats: PositiveInt = 5  # timed calls per format (the median is reported)
+    formats: Annotated[list[str], Choices("saved_model", "keras", "onnx", "tflite", "tflite_fp16", "tflite_int8"),
+                       Length(1)] = ["saved_model", "keras", "onnx", "tflite", "tflite_fp16", "tflite_int8"]
+    bn_calibration_passes: NonNegativeInt = 30  # training-mode passes that set the BN statistics before exporting
+    output_json: RequiredPath = str(REPO / "bench" / "results" / "export.json")
 
 
 def main(args: Args) -> dict:
@@ -75,5 +79,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

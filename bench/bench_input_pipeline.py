@@ -18,12 +18,14 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
+from config import Config, PositiveInt, Range, RequiredPath, run_script  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from config import Config, setup_logging  # noqa: E402
 from data.bin_dataset import load_bin, write_bin  # noqa: E402
 from data.image_folders import FolderImages  # noqa: E402
 from data.recordio import write_recordio  # noqa: E402
@@ -36,12 +38,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Args(Config):
-    work_dir: str = str(RESULTS / "input_pipeline_data")  # where the generated data sets are kept between runs
-    num_identities: int = 100  # synthetic identities
-    images_per_identity: int = 60  # images per identity (100 x 60 = 6,000 images)
-    batch_size: int = 128  # training batch size
-    bin_pairs: int = 6000  # pairs of the .bin (12,000 images, LFW's size)
-    output_json: str = str(RESULTS / "input_pipeline.json")  # results file
+    work_dir: RequiredPath = str(RESULTS / "input_pipeline_data")  # where the generated data sets are kept between runs
+    num_identities: Annotated[int, Range(2)] = 100  # synthetic identities
+    images_per_identity: PositiveInt = 60  # images per identity (100 x 60 = 6,000 images)
+    batch_size: PositiveInt = 128  # training batch size
+    bin_pairs: PositiveInt = 6000  # pairs of the .bin (12,000 images, LFW's size)
+    output_json: RequiredPath = str(RESULTS / "input_pipeline.json")  # results file
 
 
 def prepare(args: Args) -> dict[str, Path]:
@@ -112,5 +114,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

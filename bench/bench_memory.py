@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as `python bench/bench_memory.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
@@ -42,12 +43,14 @@ sys.path.insert(0, str(REPO))
 # JAX would otherwise reserve most of the GPU in every process, this one included; the peaks are read per process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+# config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
+from config import (Choices, Config, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
+                    registered_backbones, run_script)  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.bench_model import Args as ModelArgs, build_networks, make_backend, output_path, run_conditions  # noqa: E402
-from config import Config, setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_memory")
 GIB = 2**30
@@ -61,22 +64,28 @@ SEED_TITAN_XP = {"plain": (8000, 9000), "bn": (5000, 6000), "prelu": (3000, 4000
 
 
 class Args(Config):
-    backbone: str = "LResNet50E-IR"  # nets.get_backbone name of part 1
-    precision: str = "float32"  # Keras dtype policy of part 1
-    num_classes: int = 85164  # part 1: classes of the margin head (the seed's MS1M)
-    cpu_batch_sizes: list[int] = [4, 8, 16, 32]  # part 1 batch sizes on a CPU
-    gpu_batch_sizes: list[int] = [32, 64, 128, 256]  # part 1 batch sizes on a GPU
-    steps: int = 2  # training steps per child process (the peak is reached in the first; the second confirms)
-    seed_variants: list[str] = ["plain", "bn", "prelu", "bn+prelu"]  # part 2 variants (SEED_VARIANTS)
-    cpu_cap_gib: float = 3.0  # part 2 on a CPU: a batch fits when the child's peak resident set stays within this
-    gpu_cap_gib: float = 12.0  # part 2 on a GPU: the device memory allowed (the seed's 12 GB Titan Xp)
-    slope_batch_sizes: list[int] = [64, 256]  # part 2: small batches whose memory predicts the largest
-    resolution: float = 0.05  # part 2 stops when the bracket is narrower than this fraction of the batch
-    max_probes: int = 4  # part 2: child processes per variant after the slope batches
-    seconds_budget: float = 900.0  # part 2: no new probe after this long (a CPU run is slow at large batches)
+    # nets.get_backbone name of part 1
+    backbone: Annotated[str, Choices(names=registered_backbones, ignore_case=True)] = "LResNet50E-IR"
+    # Keras dtype policy of part 1
+    precision: Annotated[str, Choices("float32", "mixed_bfloat16", "mixed_float16")] = "float32"
+    num_classes: PositiveInt = 85164  # part 1: classes of the margin head (the seed's MS1M)
+    cpu_batch_sizes: Annotated[list[int], Range(1)] = [4, 8, 16, 32]  # part 1 batch sizes on a CPU
+    gpu_batch_sizes: Annotated[list[int], Range(1)] = [32, 64, 128, 256]  # part 1 batch sizes on a GPU
+    steps: PositiveInt = 2  # training steps per child process (the peak is reached in the first; the second confirms)
+    # part 2 variants (SEED_VARIANTS)
+    seed_variants: Annotated[list[str], Choices(*SEED_VARIANTS)] = ["plain", "bn", "prelu", "bn+prelu"]
+    # part 2 on a CPU: a batch fits when the child's peak resident set stays within this
+    cpu_cap_gib: PositiveFloat = 3.0
+    gpu_cap_gib: PositiveFloat = 12.0  # part 2 on a GPU: the device memory allowed (the seed's 12 GB Titan Xp)
+    # part 2: small batches whose memory predicts the largest
+    slope_batch_sizes: Annotated[list[int], Range(1), Length(2, 2)] = [64, 256]
+    # part 2 stops when the bracket is narrower than this fraction of the batch
+    resolution: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.05
+    max_probes: NonNegativeInt = 4  # part 2: child processes per variant after the slope batches
+    seconds_budget: PositiveFloat = 900.0  # part 2: no new probe after this long (a CPU run is slow at large batches)
     skip_backbone: bool = False  # run part 2 only
     quick: bool = False  # tiny run: ResNet18 at batches 1 and 2, one variant with a 1.5 GiB cap, one probe
-    output_json: str = ""  # "" = bench/results/memory.json (quick: bench/results/quick/memory.json)
+    output_json: OptionalPath = ""  # "" = bench/results/memory.json (quick: bench/results/quick/memory.json)
 
 
 def apply_quick(args: Args) -> Args:
@@ -315,5 +324,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

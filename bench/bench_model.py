@@ -36,16 +36,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as `python bench/bench_model.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
 sys.path.insert(0, str(REPO))
 
+# config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
+from config import (Choices, Config, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
+                    registered_backbones, run_script)  # noqa: E402
 import keras  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from config import Config, setup_logging  # noqa: E402
 from losses import MarginHead  # noqa: E402
 from nets import get_backbone  # noqa: E402
 
@@ -57,25 +59,30 @@ XLA_CHOICES = ("auto", "on", "off", "both")
 
 
 class Args(Config):
-    backbone: str = "LResNet50E-IR"  # nets.get_backbone name
-    image_size: int = 112  # input height and width
-    num_classes: int = 85164  # classes of the margin head (the seed's MS1M); its cost is counted in training
-    weight_decay: float = 5e-4  # L2 weight decay in the training loss (train_nets.py's default)
-    precisions: list[str] = ["float32", "mixed_bfloat16", "mixed_float16"]  # Keras dtype policies measured
-    train_batch_sizes: list[int] = [16, 32]  # training batch sizes
-    inference_batch_sizes: list[int] = [32, 64]  # inference batch sizes
-    xla: str = "auto"  # "on", "off", "both"; auto = both on a GPU, off on a CPU (slower there); JAX is always XLA
-    warmup_steps: int = 2  # untimed steps first (tracing, compilation, allocation)
-    steps: int = 5  # timed steps per round
-    repeats: int = 3  # timed rounds; the best round is the figure, the median is recorded too
-    seconds_per_config: float = 120.0  # time budget of one configuration: fewer rounds when a step is slow
-    matmul_size: int = 0  # n of the n x n matmuls of the peak; 0 = 4096 on a CPU, 8192 on a GPU
-    matmul_repeats: int = 5  # timed matmul calls per peak measurement (best kept)
-    matmul_seconds: float = 0.25  # the chain of matmuls in one call is made at least this long (GPU launch costs)
-    intra_op_threads: int = 0  # TensorFlow intra-op threads; 0 = its default (all cores)
-    inter_op_threads: int = 0  # TensorFlow inter-op threads; 0 = its default
+    # nets.get_backbone name
+    backbone: Annotated[str, Choices(names=registered_backbones, ignore_case=True)] = "LResNet50E-IR"
+    image_size: Annotated[int, Range(16)] = 112  # input height and width
+    num_classes: PositiveInt = 85164  # classes of the margin head (the seed's MS1M); its cost is counted in training
+    weight_decay: Annotated[float, Range(0)] = 5e-4  # L2 weight decay in the training loss (train_nets.py's default)
+    # Keras dtype policies measured
+    precisions: Annotated[list[str], Choices(*COMPUTE_DTYPES), Length(1)] = ["float32", "mixed_bfloat16",
+                                                                              "mixed_float16"]
+    train_batch_sizes: Annotated[list[int], Range(1)] = [16, 32]  # training batch sizes
+    inference_batch_sizes: Annotated[list[int], Range(1)] = [32, 64]  # inference batch sizes
+    # "on", "off", "both"; auto = both on a GPU, off on a CPU (slower there); JAX is always XLA
+    xla: Annotated[str, Choices(*XLA_CHOICES)] = "auto"
+    warmup_steps: NonNegativeInt = 2  # untimed steps first (tracing, compilation, allocation)
+    steps: PositiveInt = 5  # timed steps per round
+    repeats: PositiveInt = 3  # timed rounds; the best round is the figure, the median is recorded too
+    seconds_per_config: PositiveFloat = 120.0  # time budget of one configuration: fewer rounds when a step is slow
+    matmul_size: NonNegativeInt = 0  # n of the n x n matmuls of the peak; 0 = 4096 on a CPU, 8192 on a GPU
+    matmul_repeats: PositiveInt = 5  # timed matmul calls per peak measurement (best kept)
+    # the chain of matmuls in one call is made at least this long (GPU launch costs)
+    matmul_seconds: PositiveFloat = 0.25
+    intra_op_threads: NonNegativeInt = 0  # TensorFlow intra-op threads; 0 = its default (all cores)
+    inter_op_threads: NonNegativeInt = 0  # TensorFlow inter-op threads; 0 = its default
     quick: bool = False  # tiny run (ResNet18, batch 2, one step, small matmuls) that only checks the script works
-    output_json: str = ""  # "" = bench/results/model.json (quick: bench/results/quick/model.json)
+    output_json: OptionalPath = ""  # "" = bench/results/model.json (quick: bench/results/quick/model.json)
 
 
 def apply_quick(args: Args) -> Args:
@@ -576,5 +583,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

@@ -20,13 +20,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as `python bench/run_all.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
 sys.path.insert(0, str(REPO))
 
-from config import Config, setup_logging  # noqa: E402
+from config import Choices, Config, run_script as run_entry_point  # noqa: E402
 
 log = logging.getLogger("run_all")
 BENCH = REPO / "bench"
@@ -35,7 +35,8 @@ QUICK = RESULTS / "quick"
 
 
 class Args(Config):
-    scripts: list[str] = []  # names of bench/bench_<name>.py to run; [] = all of them, in alphabetical order
+    # names of bench/bench_<name>.py to run; [] = all of them, in alphabetical order
+    scripts: Annotated[list[str], Choices(names=script_names)] = []
     quick: bool = False  # tiny sizes (QUICK_ARGS), results under bench/results/quick/
     collect_only: bool = False  # run nothing; build the table from the JSON files already written
 
@@ -206,5 +207,4 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    sys.exit(main(Args.from_cli(sys.argv[1:])))
+    run_entry_point(Args, main)

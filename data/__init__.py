@@ -9,5 +9,6 @@ Modules:
     bin_dataset    InsightFace .bin verification sets: load_bin (restricted unpickler), write_bin
     synthetic      procedurally drawn face-like identities (the demo's and the tests' data); CLI
     preprocess     the seed's normalisation, (x - 127.5) / 128 in BGR or RGB order
-    image_io       image file or encoded bytes -> RGB uint8 (resized) with OpenCV
+    image_io       image file or encoded bytes -> RGB uint8 (resized, EXIF-oriented) with OpenCV; header-checked
+                   first (MAX_IMAGE_PIXELS), every failure an ImageDecodeError naming the file
 """

@@ -7,6 +7,10 @@ A pickle can run any function while it loads, so `.bin` files are read with a re
 only what such a file holds (tuples, lists, bytes, bools, ints, and numpy arrays of those) and refuses, before
 anything runs, every other class or callable a file asks for. Images stay uint8 (12,000 LFW images at 112x112 take
 0.45 GB; the seed built two float64 arrays of 3.6 GB each); the evaluator flips them on the fly.
+
+A small `.bin` can declare huge images (PNG compresses a blank 10^8-pixel image to 100 kB): before anything is
+decoded, every image header is read and the file is refused when one image is over data.image_io.MAX_IMAGE_PIXELS or
+all of them together over MAX_BIN_PIXELS.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.image_io import decode_to_size
-from data.image_io import decode_rgb
+from data.image_io import check_header, decode_rgb, decode_to_size
 
 log = logging.getLogger(__name__)
 
 _DECODE_THREADS = min(8, os.cpu_count() or 1)  # OpenCV decodes with the GIL released
+MAX_BIN_PIXELS_ENV = "INSIGHTFACE_TF_MAX_BIN_PIXELS"
+# Largest total of width x height over the images of one .bin: 500 megapixels, 1.5 GB of RGB at the stored size
+# (LFW, 12,000 images of 112x112, declares 150 megapixels). Override with INSIGHTFACE_TF_MAX_BIN_PIXELS, or by
+# assigning data.bin_dataset.MAX_BIN_PIXELS.
+MAX_BIN_PIXELS = int(os.environ.get(MAX_BIN_PIXELS_ENV, 500_000_000))
 
 
 class UnsafePickleError(ValueError):
@@ -110,9 +118,27 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
                          f"{type(issame).__name__})")
     if len(images) != 2 * len(issame):
         raise ValueError(f"{path}: {len(images)} images for {len(issame)} pairs; expected 2 images per pair")
-    encoded = [_as_bytes(item, path, index) for index, item in enumerate(images)]
+    copies: dict[int, bytes] = {}  # a pickle may reference one bytearray many times: copy it once
+    encoded = []
+    for index, item in enumerate(images):
+        if id(item) not in copies:
+            copies[id(item)] = _as_bytes(item, path, index)
+        encoded.append(copies[id(item)])
     flags = np.array([_as_bool(item, path, index) for index, item in enumerate(issame)], dtype=bool)
     return encoded, flags
+
+
+def check_declared_size(encoded: Sequence[bytes], path: Path) -> None:
+    """Reads every image header (nothing is decoded); ImageDecodeError naming the image when one is unreadable or over
+    MAX_IMAGE_PIXELS, ValueError when together they declare more than MAX_BIN_PIXELS."""
+    total = 0
+    for index, image in enumerate(encoded):
+        _, width, height, _ = check_header(image, f"{path} image {index}")
+        total += width * height
+    if total > MAX_BIN_PIXELS:
+        raise ValueError(f"{path}: its {len(encoded)} images declare {total:,} pixels together, over the limit of "
+                         f"{MAX_BIN_PIXELS:,} for one .bin (a decompression bomb?); raise {MAX_BIN_PIXELS_ENV} to "
+                         f"load it")
 
 
 def load_bin(path: str | Path, image_size: Sequence[int] | None = (112, 112)) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +161,7 @@ def load_bin(path: str | Path, image_size: Sequence[int] | None = (112, 112)) ->
     encoded, issame = read_bin(path)
     if not encoded:
         raise ValueError(f"{path}: the .bin holds no pairs")
+    check_declared_size(encoded, path)
     target = tuple(int(side) for side in image_size) if image_size is not None else None
 
     def decode(index: int) -> np.ndarray:

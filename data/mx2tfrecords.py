@@ -14,11 +14,10 @@ not matter. Train on the result with `open_train_data("<tfrecords_file_path>")` 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Annotated, Iterator
 
-from config import Config, setup_logging
+from config import Config, OptionalPath, PositiveInt, RequiredPath, run_script
 from data.image_folders import FolderImages
 from data.recordio import RecordIOImages
 from data.tfrecords import write_tfrecords
@@ -27,10 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class Args(Config):
-    bin_path: str = "./datasets/faces_ms1m_112x112/train.rec"  # a .rec (MXNet RecordIO) or a folder of identity folders
-    idx_path: str = ""  # the .rec's index; "" = the .idx beside it
-    tfrecords_file_path: str = "./datasets/tfrecords"  # output folder for the shards and dataset_info.json
-    images_per_shard: int = 100_000  # images per TFRecord shard (~0.7 GB of 112x112 JPEGs)
+    # a .rec (MXNet RecordIO) or a folder of identity folders
+    bin_path: RequiredPath = "./datasets/faces_ms1m_112x112/train.rec"
+    idx_path: OptionalPath = ""  # the .rec's index; "" = the .idx beside it
+    tfrecords_file_path: RequiredPath = "./datasets/tfrecords"  # output folder for the shards and dataset_info.json
+    images_per_shard: PositiveInt = 100_000  # images per TFRecord shard (~0.7 GB of 112x112 JPEGs)
 
 
 def _samples(images: RecordIOImages | FolderImages) -> Iterator[tuple[bytes, int]]:
@@ -62,5 +62,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

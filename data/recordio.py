@@ -12,6 +12,9 @@ mxnet is not needed (it does not install beside numpy 2). The format, as dmlc-co
 * InsightFace's layout: record 0 is a meta header with label [A, B]; records 1..A-1 are images (label = identity);
   records A..B-1 describe identities (label = [first image, end image)). Without that header every record is an image.
 * `property` (beside the .rec) reads `num_classes,height,width`.
+
+Labels are float32 in the file: a label that is not a finite, whole, non-negative number (inf, NaN, 3.5, -1) raises
+ValueError naming the record, rather than being truncated.
 """
 
 from __future__ import annotations
@@ -155,6 +158,11 @@ def read_index(idx_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{idx_path}: expected lines 'key<TAB>offset': {err}") from None
     if table.shape[1] != 2:
         raise ValueError(f"{idx_path}: expected 2 columns 'key<TAB>offset', found {table.shape[1]}")
+    negative = np.flatnonzero(table < 0)
+    if len(negative):
+        row, column = divmod(int(negative[0]), 2)
+        raise ValueError(f"{idx_path}: line {row + 1}: negative {('key', 'offset')[column]} {table[row, column]}; "
+                         f"expected lines 'key<TAB>offset' of non-negative integers")
     return table[:, 0], table[:, 1]
 
 
@@ -163,17 +171,27 @@ def read_property(rec_path: str | Path) -> tuple[int, int, int] | None:
     path = Path(rec_path).with_name("property")
     if not path.is_file():
         return None
-    text = path.read_text().strip()
+    text = path.read_text(errors="replace").strip()
     try:
         num_classes, height, width = (int(field) for field in text.split(","))
     except ValueError:
-        raise ValueError(f"{path}: expected 'num_classes,height,width', got {text!r}") from None
+        num_classes = height = width = 0
+    if min(num_classes, height, width) <= 0:
+        raise ValueError(f"{path}: expected 'num_classes,height,width' of positive integers, got {text[:80]!r}")
     return num_classes, height, width
 
 
-def label_of(header: IRHeader) -> int:
-    """The identity of an image record: its scalar label, or the first entry of a label array."""
-    return int(header.labels[0])
+def whole_label(value: float, source: str, what: str = "label") -> int:
+    """`value` as an int when it is a finite, whole, non-negative number; ValueError naming `source` otherwise."""
+    if not (np.isfinite(value) and value >= 0 and float(value).is_integer()):
+        raise ValueError(f"{source}: {what} {value!r}; expected a whole number >= 0 (an identity number)")
+    return int(value)
+
+
+def label_of(header: IRHeader, source: str = "<record>") -> int:
+    """The identity of an image record: its scalar label, or the first entry of a label array; ValueError naming
+    `source` when it is not a whole number >= 0."""
+    return whole_label(header.labels[0], source)
 
 
 class RecordIOImages:
@@ -214,7 +232,12 @@ class RecordIOImages:
         if len(header.labels) < 2:
             raise ValueError(f"{self.file.path}: record 0 is a meta header with {len(header.labels)} labels; "
                              f"expected [first identity record, end]")
-        end_image, end_identity = int(header.labels[0]), int(header.labels[1])
+        where = self.describe_offset(int(offsets[first]))
+        end_image = whole_label(header.labels[0], where, "meta header: end of the image records")
+        end_identity = whole_label(header.labels[1], where, "meta header: end of the identity records")
+        if not 1 <= end_image <= end_identity:
+            raise ValueError(f"{where}: meta header [{end_image}, {end_identity}): expected 1 <= end of the image "
+                             f"records <= end of the identity records")
         wanted = np.arange(1, end_image, dtype=np.int64)
         order = np.argsort(keys, kind="stable")
         where = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
@@ -237,7 +260,7 @@ class RecordIOImages:
         """(encoded image, label) of the `position`-th image record."""
         payload, _ = self.file.read(int(self.offsets[position]))
         header, image = unpack(payload, self.describe(position))
-        return image, label_of(header)
+        return image, label_of(header, self.describe(position))
 
 
 def read_recordio(rec_path: str | Path) -> Iterator[tuple[int, bytes]]:

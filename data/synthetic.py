@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from config import Config, setup_logging
+from config import Config, PositiveInt, Range, RequiredPath, run_script
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,12 @@ _IRIS_COLOURS = np.array([[70, 45, 25], [40, 25, 15], [70, 110, 160], [80, 120, 
 
 
 class Args(Config):
-    output_dir: str = "output/synthetic_faces"  # folder to create: <output_dir>/<identity>/<image>.jpg
-    num_identities: int = 100  # identities (folders)
-    images_per_identity: int = 20  # images per identity
-    seed: int = 0  # the same seed gives the same data set; another seed gives other identities
-    image_size: int = 112  # square image side in pixels
+    output_dir: RequiredPath = "output/synthetic_faces"  # folder to create: <output_dir>/<identity>/<image>.jpg
+    num_identities: PositiveInt = 100  # identities (folders)
+    images_per_identity: PositiveInt = 20  # images per identity
+    # the same seed gives the same data set; another seed gives other identities
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0
+    image_size: Annotated[int, Range(16, 4096)] = 112  # square image side in pixels
 
 
 @dataclass(frozen=True)
@@ -389,5 +390,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

@@ -6,6 +6,9 @@ The writer shards the images (`train-00000-of-00008.tfrecord` ...) and writes `d
 (uint64 length, its masked CRC-32C, data, data CRC) so that training can shuffle over the whole index and read any
 record directly; the length CRC is checked while indexing, the data CRC is not (a damaged record then fails to parse
 or decode and is skipped by the training pipeline).
+
+Missing data is never silent: a shard without records (left by an interrupted writer) and a record count that differs
+from the `num_images` of `dataset_info.json` are logged as warnings naming the shard or the file.
 """
 
 from __future__ import annotations
@@ -177,6 +180,9 @@ class TFRecordImages:
         file_ids, offsets, lengths = [], [], []
         for file_id, path in enumerate(tqdm(self.files, desc="indexing tfrecords", unit="file", leave=False)):
             file_offsets, file_lengths = index_records(path)
+            if len(file_offsets) == 0:
+                log.warning("%s: an empty TFRecord shard (0 records; an interrupted writer?): its images are missing",
+                            path)
             file_ids.append(np.full(len(file_offsets), file_id, dtype=np.int32))
             offsets.append(file_offsets)
             lengths.append(file_lengths)
@@ -185,6 +191,11 @@ class TFRecordImages:
         self.lengths = np.concatenate(lengths)
         if len(self.offsets) == 0:
             raise ValueError(f"{source}: the TFRecord files hold no records")
+        declared = (self.info or {}).get("num_images")
+        if isinstance(declared, int) and declared != len(self.offsets):
+            log.warning("%s declares num_images=%d, the %d TFRecord files of %s hold %d records: shards missing, "
+                        "empty or added?", self.files[0].parent / INFO_FILE, declared, len(self.files), source,
+                        len(self.offsets))
         self._fds = [os.open(path, os.O_RDONLY) for path in self.files]
 
     def __del__(self) -> None:

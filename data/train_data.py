@@ -14,7 +14,13 @@ batches are never read.
 A batch is read and decoded by a numpy function (OpenCV decodes with the GIL released; tf.data runs several batches
 in parallel), which lets an unreadable, corrupt or truncated image be skipped instead of stopping the run: it is
 logged once with its file (and record offset), counted in `num_skipped`, and its slot in the batch is filled with
-another image of the same batch, so batches keep their size and position.
+another image of the same batch, so batches keep their size and position. A data set that is mostly unreadable stops
+the run instead (`DataUnreadableError`, naming the data and the count): when a whole pass yields no batch, or when
+more than MAX_SKIPPED_FRACTION of the images read so far (at least MIN_READS_FOR_FRACTION) were unreadable, the rest
+of the epoch is not read and the next `dataset(...)` call raises.
+
+A training set must have at least 2 identities (a margin loss over one class is 0 from the start), and its class ids
+must not be so sparse that the head would mostly hold classes without images (`check_class_density`).
 """
 
 from __future__ import annotations
@@ -29,13 +35,26 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from data.image_folders import FolderImages, is_utf8
 from data.image_io import decode_to_size
-from data.image_folders import FolderImages
 from data.preprocess import check_channel_order, normalize
 from data.recordio import RecordIOImages
 from data.tfrecords import TFRecordImages
 
 log = logging.getLogger(__name__)
+
+# Stop a run whose data is mostly unreadable: more than this fraction of the reads failed ...
+MAX_SKIPPED_FRACTION = 0.5
+# ... once at least this many images were read (a few bad images early in a run must not stop it).
+MIN_READS_FOR_FRACTION = 1000
+# Refuse a class count over this multiple of the identities that have images: the head (embedding_size x classes
+# weights, with their optimizer slots, in every checkpoint) would be mostly classes that never occur.
+MAX_CLASS_SPARSITY = 2.0
+
+
+class DataUnreadableError(ValueError):
+    """The training data is mostly or wholly unreadable; the message names it and counts the skipped images."""
+
 
 class ImageSource(Protocol):
     """Random access to the encoded images of a data set."""
@@ -71,28 +90,53 @@ def detect_format(source: str | Path) -> tuple[str, str]:
     raise FileNotFoundError(f"training source not found: {text}")
 
 
+def check_class_density(num_classes: int, identities: int, source: str) -> None:
+    """Refuses `num_classes` below 2 (a margin loss needs two classes) or over MAX_CLASS_SPARSITY x `identities` (the
+    number, or an upper bound, of the identities that have images); ValueError naming `source`."""
+    if num_classes < 2:
+        raise ValueError(f"{source}: {num_classes} class; a margin loss (ArcFace, CosFace, ...) needs at least 2 "
+                         f"identities, with a single class its loss is 0 and its accuracy 1 from the first step")
+    if num_classes > MAX_CLASS_SPARSITY * identities:
+        raise ValueError(f"{source}: a {num_classes:,}-class head for at most {identities:,} identities with images; "
+                         f"relabel the identities 0..N-1 (e.g. rewrite the .rec with data.recordio.write_recordio) "
+                         f"or fix the class count in its metadata (limit: {MAX_CLASS_SPARSITY:g}x the identities)")
+
+
 def count_classes(images: ImageSource) -> int:
-    """1 + the largest label, read from every sample (only when no metadata gives the class count)."""
+    """1 + the largest label, read from every sample (only when no metadata gives the class count).
+
+    A sample that is unreadable or whose label is not a whole number >= 0 is skipped with a warning naming it; class
+    ids too sparse for a head (see `check_class_density`) raise ValueError naming the record of the largest label.
+    """
     log.warning("no class count in the data set's metadata: reading every record's label")
-    largest = -1
+    labels = np.full(len(images), -1, dtype=np.int64)
     for position in tqdm(range(len(images)), desc="counting classes", unit="img"):
         try:
-            largest = max(largest, images.read(position)[1])
+            label = images.read(position)[1]
+            if label < 0:
+                raise ValueError(f"{images.describe(position)}: label {label}; expected a whole number >= 0")
+            labels[position] = label
         except (ValueError, OSError) as err:
             log.warning("skipping an unreadable sample while counting classes: %s", err)
-    if largest < 0:
-        raise ValueError("no readable labelled sample in the data set")
-    return largest + 1
+    if labels.max(initial=-1) < 0:
+        raise ValueError(f"{images.describe(0)}: no readable labelled sample in the data set")
+    largest = int(np.argmax(labels))
+    check_class_density(int(labels[largest]) + 1, len(np.unique(labels[labels >= 0])),
+                        f"{images.describe(largest)} has label {labels[largest]}")
+    return int(labels[largest]) + 1
 
 
 class TrainData:
     """A training data set: its size and classes, and `dataset(...)` giving one epoch of normalised batches."""
 
     def __init__(self, images: ImageSource, format: str, num_classes: int, class_names: Sequence[str] | None,
-                 image_size: tuple[int, int], channel_order: str) -> None:
+                 image_size: tuple[int, int], channel_order: str, source: str = "<training data>") -> None:
         check_channel_order(channel_order)
         if len(images) == 0:
-            raise ValueError("the training data set holds no images")
+            raise ValueError(f"{source}: the training data set holds no images")
+        # Without class names, every image could be its own identity: the image count bounds the identities.
+        check_class_density(num_classes, len(class_names) if class_names is not None else len(images), source)
+        self.source = source
         self.images = images
         self.format = format
         self.num_classes = num_classes
@@ -101,6 +145,9 @@ class TrainData:
         self.channel_order = channel_order
         self.skipped: dict[str, str] = {}
         self._skipped_lock = threading.Lock()
+        self._reads = self._failed_reads = 0
+        self._failure: str | None = None  # set when the data turned out mostly unreadable; raised by dataset()
+        self._last_pass: dict[str, int] | None = None  # batches, batches_left, usable of the latest dataset(...)
 
     @property
     def num_images(self) -> int:
@@ -117,8 +164,27 @@ class TrainData:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         names = self.class_names if self.class_names is not None else [str(k) for k in range(self.num_classes)]
-        path.write_text("".join(f"{name}\n" for name in names))
+        bad = next((name for name in names if not is_utf8(name)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: class name {bad!r} is not valid UTF-8 text; rename it in the data set")
+        # Through a temporary file: a failed write never leaves a truncated list where a run's list was.
+        temporary = path.with_name(path.name + ".tmp")
+        try:
+            temporary.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+            temporary.replace(path)
+        finally:
+            temporary.unlink(missing_ok=True)
         return path
+
+    def _check_last_pass(self) -> None:
+        """Raises DataUnreadableError when the data was found mostly unreadable, or when the previous `dataset(...)`
+        was read to its end without yielding a batch (an epoch loop would otherwise never end)."""
+        with self._skipped_lock:
+            last = self._last_pass
+            if self._failure is None and last and last["batches"] and not last["batches_left"] and not last["usable"]:
+                self._failure = f"a whole pass over the data ({last['batches']} batches) yielded no readable batch"
+        if self._failure is not None:
+            raise self._unreadable_error()
 
     def batches_per_epoch(self, batch_size: int) -> int:
         return self.num_images // batch_size
@@ -126,6 +192,23 @@ class TrainData:
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """The permutation of all sample positions for (seed, epoch)."""
         return np.random.default_rng([seed, epoch]).permutation(self.num_images)
+
+    def _count_reads(self, reads: int, failed: int) -> None:
+        """Adds a batch's reads; past MAX_SKIPPED_FRACTION of failures, marks the data as unreadable."""
+        with self._skipped_lock:
+            self._reads += reads
+            self._failed_reads += failed
+            too_many = (self._reads >= MIN_READS_FOR_FRACTION
+                        and self._failed_reads > MAX_SKIPPED_FRACTION * self._reads)
+            if too_many and self._failure is None:
+                self._failure = (f"{self._failed_reads} of the {self._reads} images read were unreadable (over "
+                                 f"{MAX_SKIPPED_FRACTION:.0%})")
+
+    def _unreadable_error(self) -> DataUnreadableError:
+        first = next(iter(self.skipped.items()), ("", ""))
+        return DataUnreadableError(
+            f"training data {self.source}: {self._failure}; {self.num_skipped} distinct unreadable images of "
+            f"{self.num_images} (first: {first[1]}); fix or remove them")
 
     def _report_bad(self, position: int, err: Exception) -> None:
         name = self.images.describe(position)
@@ -151,13 +234,16 @@ class TrainData:
         height, width = self.image_size
         images = np.empty((len(positions), height, width, 3), dtype=np.uint8)
         labels = np.empty(len(positions), dtype=np.int64)
-        readable = np.ones(len(positions), dtype=bool)
+        readable = np.zeros(len(positions), dtype=bool)
+        if self._failure is not None:  # the data is mostly unreadable: the rest of the epoch is not read
+            return images, labels, False
         for row, position in enumerate(positions):
             try:
                 images[row], labels[row] = self._read_sample(int(position))
-            except (ValueError, OSError, cv2.error) as err:  # cv2.error: e.g. an image over OpenCV's pixel limit
-                readable[row] = False
+                readable[row] = True
+            except (ValueError, OSError) as err:  # image_io turns every decode failure into a ValueError
                 self._report_bad(int(position), err)
+        self._count_reads(len(positions), int(len(positions) - readable.sum()))
         good_rows = np.flatnonzero(readable)
         if len(good_rows) == 0:
             return images, labels, False
@@ -188,12 +274,19 @@ class TrainData:
         if seed < 0 or epoch < 0 or not 0 <= skip_batches <= num_batches:
             raise ValueError(f"seed={seed}, epoch={epoch}, skip_batches={skip_batches}: expected seed >= 0, "
                              f"epoch >= 0 and 0 <= skip_batches <= {num_batches} (batches per epoch)")
+        self._check_last_pass()
         order = self.epoch_order(seed, epoch)
+        this_pass = {"batches": num_batches - skip_batches, "batches_left": num_batches - skip_batches, "usable": 0}
+        self._last_pass = this_pass
 
         def load(batch_index: np.int64) -> tuple[np.ndarray, np.ndarray, bool]:
             start = int(batch_index) * batch_size
             flip_seed = (seed, epoch, int(batch_index)) if augment else None
-            return self.load_batch(order[start:start + batch_size], flip_seed)
+            batch = self.load_batch(order[start:start + batch_size], flip_seed)
+            with self._skipped_lock:
+                this_pass["batches_left"] -= 1
+                this_pass["usable"] += int(batch[2])
+            return batch
 
         def load_tensors(batch_index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             images, labels, usable = tf.numpy_function(load, [batch_index], (tf.uint8, tf.int64, tf.bool),
@@ -235,6 +328,6 @@ def open_train_data(source: str, image_size: Sequence[int] = (112, 112), channel
         info = images.info or {}
         class_names = info.get("class_names")
         num_classes = info.get("num_classes") or count_classes(images)
-    data = TrainData(images, format, num_classes, class_names, image_size, channel_order)
+    data = TrainData(images, format, num_classes, class_names, image_size, channel_order, source=str(source))
     log.info("training data %s (%s): %d images, %d classes", source, format, data.num_images, num_classes)
     return data

@@ -12,12 +12,12 @@ counted. The pair order of the pairs file is kept, so the 10 folds stay those of
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
+from typing import Annotated
 
 import cv2
 
-from config import Config, setup_logging
+from config import Choices, Config, ImageSize, Range, RequiredPath, run_script
 from data.bin_dataset import write_bin
 from data.image_io import decode_to_size
 from data.image_io import decode_rgb
@@ -29,12 +29,13 @@ SUFFIXES_OF_FORMAT = {"jpg": (".jpg", ".jpeg"), "png": (".png",)}
 
 
 class Args(Config):
-    data_dir: str = "output/aligned"  # one folder per identity holding its images
-    pairs_filepath: str = "output/pairs.txt"  # LFW pairs.txt or generate_pairs.py output (see eval/pairs.py)
-    output_path: str = "output/custom.bin"  # the .bin to write (replaced if it exists)
-    image_size: list[int] = [112, 112]  # [height, width] stored in the .bin
-    image_format: str = "jpg"  # encoding of images that need re-encoding: "jpg" (as InsightFace's sets) or "png"
-    jpeg_quality: int = 95  # JPEG quality (1-100) when image_format is "jpg"
+    data_dir: RequiredPath = "output/aligned"  # one folder per identity holding its images
+    pairs_filepath: RequiredPath = "output/pairs.txt"  # LFW pairs.txt or generate_pairs.py output (see eval/pairs.py)
+    output_path: RequiredPath = "output/custom.bin"  # the .bin to write (replaced if it exists)
+    image_size: ImageSize = [112, 112]  # [height, width] stored in the .bin (one N: N x N)
+    # encoding of images that need re-encoding: "jpg" (as InsightFace's sets) or "png"
+    image_format: Annotated[str, Choices(*SUFFIXES_OF_FORMAT)] = "jpg"
+    jpeg_quality: Annotated[int, Range(1, 100)] = 95  # JPEG quality (1-100) when image_format is "jpg"
     skip_missing: bool = False  # leave out (and count) pairs whose image files are missing instead of failing
 
 
@@ -53,11 +54,6 @@ def encode_image(path: Path, image_size: tuple[int, int], image_format: str, jpe
 
 
 def main(args: Args) -> Path:
-    if args.image_format not in SUFFIXES_OF_FORMAT:
-        raise ValueError(f"Args: image_format={args.image_format!r}; expected one of {list(SUFFIXES_OF_FORMAT)}")
-    if len(args.image_size) != 2 or min(args.image_size) < 1 or not 1 <= args.jpeg_quality <= 100:
-        raise ValueError(f"Args: image_size={args.image_size} must be [height, width] > 0 and "
-                         f"jpeg_quality={args.jpeg_quality} in 1..100")
     image_size = (args.image_size[0], args.image_size[1])
     pairs_file = read_pairs(args.pairs_filepath)
     resolved = resolve_pair_paths(pairs_file.pairs, args.data_dir, args.skip_missing)
@@ -74,5 +70,4 @@ def main(args: Args) -> Path:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from data.image_folders import is_utf8, printable_path
 from eval.pairs import Pair
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,12 @@ class Identity:
 
 def _check_name(name: str, path: Path) -> None:
     if name != name.strip() or any(c in name for c in "\t\r\n"):
-        raise ValueError(f"{path}: the name {name!r} holds a tab/newline or surrounding spaces, which a tab-separated "
-                         "pairs file cannot represent; rename it")
+        raise ValueError(f"{printable_path(path)}: the name {name!r} holds a tab/newline or surrounding spaces, which "
+                         "a tab-separated pairs file cannot represent; rename it")
+    if not is_utf8(name):
+        # Refused before anything is written, as training refuses such class names: a pairs file is UTF-8 text.
+        raise ValueError(f"{printable_path(path)}: the name is not valid UTF-8, which a pairs file (UTF-8 text) "
+                         "cannot hold; rename it")
 
 
 def scan_identities(data_dir: str | Path, image_extensions: Sequence[str]) -> list[Identity]:

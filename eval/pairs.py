@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
+from config import write_replacing
+from data.image_folders import is_utf8
 from data.image_io import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -80,13 +82,27 @@ def _image_field(text: str) -> int | str:
 
 
 def _split_fields(line: str) -> list[str]:
+    """The fields of a line; none for a blank one, even when it holds a tab (an editor's leftover)."""
+    if not line.strip():
+        return []
     return [field.strip() for field in line.split("\t")] if "\t" in line else line.split()
+
+
+def _check_inside(field: str) -> None:
+    """A name or file name of a pairs file names something inside the dataset folder: refuses an absolute path and a
+    '..' step, so that no pairs file makes evaluation read (and report on) files elsewhere."""
+    as_windows = PureWindowsPath(field)  # splits at "/" and "\\" alike; its anchor is "/", "\\" or a drive "C:"
+    if as_windows.anchor or ".." in as_windows.parts:
+        raise ValueError(f"{field!r} points outside the dataset folder (an absolute path or a '..' step); pairs "
+                         "files name identity folders and files inside it")
 
 
 def _parse_pair(fields: list[str]) -> Pair:
     """A Pair from 3 or 4 fields; ValueError saying what is wrong otherwise."""
     if any(not field for field in fields):
         raise ValueError("empty field")
+    for field in fields:
+        _check_inside(field)
     if len(fields) == 3:
         name, first, second = fields
         return Pair(name, _image_field(first), name, _image_field(second))
@@ -110,9 +126,15 @@ def read_pairs(path: str | Path) -> PairsFile:
     """Reads a pairs file (see the module docstring). Malformed lines raise ValueError with file:line and the line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM from Windows editors
+        content = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"pairs file not found: {path}") from None
+    try:
+        lines = content.decode("utf-8-sig").splitlines()  # -sig: a BOM from Windows editors
+    except UnicodeDecodeError as err:
+        line = content.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {content[err.start]:#04x}); a pairs file is a UTF-8 "
+                         "text file") from None
     result = PairsFile(pairs=[], path=path)
     line_numbers: list[int] = []
     for number, line in enumerate(lines, start=1):
@@ -122,6 +144,7 @@ def read_pairs(path: str | Path) -> PairsFile:
         header = _header(fields) if not result.pairs and result.num_folds is None else None
         if header is not None:
             result.num_folds, result.pairs_per_fold = header
+            header_line = number
             continue
         try:
             result.pairs.append(_parse_pair(fields))
@@ -131,6 +154,9 @@ def read_pairs(path: str | Path) -> PairsFile:
     if not result.pairs:
         raise ValueError(f"{path}: no pairs found (expected lines 'name image1 image2' or "
                          "'name1 image1 name2 image2')")
+    if result.num_folds is not None and result.num_folds > len(result.pairs):
+        raise ValueError(f"{path}:{header_line}: the header announces {result.num_folds} folds, but the file holds "
+                         f"{len(result.pairs)} pairs, fewer than one per fold")
     _warn_about_content(result, line_numbers)
     return result
 
@@ -187,6 +213,8 @@ def resolve_pair_paths(pairs: Sequence[Pair], data_dir: str | Path, skip_missing
 
     def locate(name: str, image: int | str) -> Path | None:
         if (name, image) not in found:
+            for field in (name, image) if isinstance(image, str) else (name,):
+                _check_inside(field)
             found[(name, image)] = next((p for p in _candidate_paths(data_dir, name, image) if p.is_file()), None)
         return found[(name, image)]
 
@@ -213,14 +241,21 @@ def resolve_pair_paths(pairs: Sequence[Pair], data_dir: str | Path, skip_missing
     return ResolvedPairs(kept, paths, np.array([p.issame for p in kept], dtype=bool), num_skipped)
 
 
-def _check_writable_field(field: int | str, what: str) -> None:
+def _check_writable_text(field: str, what: str) -> None:
+    if not field or field != field.strip() or any(c in field for c in "\t\r\n") or not is_utf8(field):
+        raise ValueError(f"{what}: {field!r} is empty, has surrounding spaces, holds a tab/newline or is not UTF-8, "
+                         "which the tab-separated UTF-8 format cannot represent")
+    _check_inside(field)
+
+
+def _check_writable_image(field: int | str, what: str) -> None:
+    """An image field: an LFW number, or a file name that must not look like one (names are never read as numbers,
+    so all-digit identity names such as CASIA-WebFace's 0000045 need no such check)."""
     if isinstance(field, int):
         if field < 0:
             raise ValueError(f"{what}: image numbers must be >= 0, received {field}")
         return
-    if not field or field != field.strip() or any(c in field for c in "\t\r\n"):
-        raise ValueError(f"{what}: {field!r} is empty, has surrounding spaces or holds a tab/newline, which the "
-                         "tab-separated format cannot represent")
+    _check_writable_text(field, what)
     if field.isascii() and field.isdigit():
         raise ValueError(f"{what}: {field!r} is all digits and would be read back as an LFW image number")
 
@@ -246,18 +281,16 @@ def write_pairs(path: str | Path, pairs: Sequence[Pair], num_folds: int, pairs_p
         if pair.issame != (fold_position < pairs_per_fold):
             raise ValueError(f"pair {index} ({pair}) breaks the LFW layout: each fold lists {pairs_per_fold} "
                              "matched pairs, then as many mismatched pairs")
-        for field in (pair.name1, pair.image1, pair.name2, pair.image2):
-            _check_writable_field(field, f"pair {index}")
+        for name in (pair.name1, pair.name2):
+            _check_writable_text(name, f"pair {index}")
+        for image in (pair.image1, pair.image2):
+            _check_writable_image(image, f"pair {index}")
         if pair.issame and pair.image1 == pair.image2:
             raise ValueError(f"pair {index} ({pair}) compares an image with itself")
     counts = Counter(pair.key() for pair in pairs)
     if len(counts) != len(pairs):
         raise ValueError(f"{len(pairs) - len(counts)} pairs are repeated")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join([f"{num_folds}\t{pairs_per_fold}", *map(_format_line, pairs)]) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_replacing(path, "\n".join([f"{num_folds}\t{pairs_per_fold}", *map(_format_line, pairs)]) + "\n")
 
 
 def read_pair_files(resolved: ResolvedPairs, read: Callable[[Path], Loaded],

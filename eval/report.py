@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:  # keeps this module free of the TensorFlow import that embedding needs
     from eval.sets import VerificationSet
 
-HARDEST_SHOWN = 6  # pairs per row of the hardest-pairs picture
+HARDEST_COLUMNS = 5  # pairs per row of the hardest-pairs picture
 
 
 def _jsonable(value: Any) -> Any:
@@ -74,33 +74,49 @@ def plot_roc(path: str | Path, reports: Sequence[dict[str, Any]]) -> Path:
     return _save(figure, path)
 
 
-def _show_row(figure: Figure, grid: Any, row: int, vset: VerificationSet, entries: list[dict[str, Any]],
-              title: str) -> None:
-    for column in range(HARDEST_SHOWN):
-        axes = figure.add_subplot(grid[row, column])
-        axes.set_axis_off()
-        if column >= len(entries):
-            if column == 0:
-                axes.text(0.5, 0.5, f"{title}: none", ha="center", va="center")
-            continue
-        entry = entries[column]
-        k = entry["pair"]
-        axes.imshow(np.hstack([vset.images[2 * k], vset.images[2 * k + 1]]))
-        verdict = "ERROR" if entry["error"] else "correct"
-        axes.set_title(f"pair {k}: d={entry['distance']:.3f}\nthreshold {entry['threshold']:.2f}, {verdict}",
-                       fontsize=8, color="red" if entry["error"] else "black")
-    figure.text(0.01, 1 - (row + 0.5) / 2, title, rotation=90, va="center", fontsize=10)
+def _pair_names(entry: dict[str, Any]) -> list[str]:
+    """What identifies the two images of a listed pair: identity/file for a folder set, image indices for a .bin."""
+    if "paths" in entry:
+        return ["/".join(Path(path).parts[-2:]) for path in entry["paths"]]
+    return [f"image {index}" for index in entry["images"]]
+
+
+def _show_pair(axes: Any, vset: VerificationSet, entry: dict[str, Any]) -> None:
+    k = entry["pair"]
+    axes.set_axis_off()
+    axes.imshow(np.hstack([vset.images[2 * k], vset.images[2 * k + 1]]))
+    verdict = "ERROR" if entry["error"] else "correct"
+    first, second = _pair_names(entry)
+    axes.set_title(f"pair {k}: d={entry['distance']:.3f} (cos {entry['cosine']:.3f})\n"
+                   f"threshold {entry['threshold']:.2f}, {verdict}\n{first}\n{second}",
+                   fontsize=7, color="red" if entry["error"] else "black")
 
 
 def plot_hardest_pairs(path: str | Path, vset: VerificationSet, report: dict[str, Any]) -> Path:
-    """Side-by-side images of the closest mismatched pairs (false matches when below the threshold, red) and of the
-    farthest matched pairs (false non-matches when not below it), with their distances and fold thresholds."""
-    figure = Figure(figsize=(2.6 * HARDEST_SHOWN, 4.6))
-    grid = figure.add_gridspec(2, HARDEST_SHOWN, left=0.04, right=0.99, top=0.9, bottom=0.02, hspace=0.45)
-    _show_row(figure, grid, 0, vset, report["hardest_false_matches"][:HARDEST_SHOWN], "closest mismatched pairs")
-    _show_row(figure, grid, 1, vset, report["hardest_false_non_matches"][:HARDEST_SHOWN], "farthest matched pairs")
+    """Side-by-side images of every listed closest mismatched pair (false matches when below the threshold, red) and
+    farthest matched pair (false non-matches when not below it), with file names (or image indices), distances and
+    fold thresholds; HARDEST_COLUMNS pairs per row."""
+    sections = [("closest mismatched pairs", report["hardest_false_matches"]),
+                ("farthest matched pairs", report["hardest_false_non_matches"])]
+    rows = [max(1, math.ceil(len(entries) / HARDEST_COLUMNS)) for _, entries in sections]
+    height = 2.5 * sum(rows) + 0.9  # inches: a row per HARDEST_COLUMNS pairs, room for the 4-line titles and suptitle
+    figure = Figure(figsize=(3.0 * HARDEST_COLUMNS + 0.4, height))
+    grid = figure.add_gridspec(sum(rows), HARDEST_COLUMNS, left=0.04, right=0.99, top=1 - 0.9 / height, bottom=0.01,
+                               hspace=0.7)
+    first_row = 0
+    for (title, entries), section_rows in zip(sections, rows):
+        if not entries:
+            axes = figure.add_subplot(grid[first_row, :])
+            axes.set_axis_off()
+            axes.text(0.5, 0.5, f"{title}: none", ha="center", va="center")
+        for index, entry in enumerate(entries):
+            row, column = divmod(index, HARDEST_COLUMNS)
+            _show_pair(figure.add_subplot(grid[first_row + row, column]), vset, entry)
+        middle = 1 - (first_row + section_rows / 2) / sum(rows)
+        figure.text(0.005, middle, title, rotation=90, va="center", fontsize=10)
+        first_row += section_rows
     figure.suptitle(f"{_label(report)}: {report['false_matches']} false matches, {report['false_non_matches']} false "
-                    "non-matches", fontsize=10)
+                    "non-matches", fontsize=10, y=1 - 0.1 / height, va="top")
     return _save(figure, path)
 
 

@@ -18,7 +18,7 @@ from data.bin_dataset import load_bin
 from data.image_io import read_rgb
 from eval.embeddings import EmbedFn, compute_embeddings
 from eval.pairs import read_pair_files, read_pairs, resolve_pair_paths
-from eval.verification import VerificationResult, verify
+from eval.verification import VerificationResult, distance_to_cosine, verify
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,13 @@ def load_pairs_set(data_dir: str | Path, pairs_path: str | Path, image_size: Seq
     usable, image_of = read_pair_files(resolved, lambda path: read_rgb(path, tuple(image_size)))
     if not usable:
         raise ValueError(f"{pairs_path}: no pair has two readable images under {data_dir}")
-    paths = [resolved.paths[2 * k + side] for k in usable for side in (0, 1)]
-    images = np.stack([image_of[path] for path in paths])
     # A View-1 style header ("1100": one set) announces no folds to cross-validate over.
     num_folds = pairs_file.num_folds if (pairs_file.num_folds or 0) >= 2 else None
+    if num_folds is not None and len(usable) < num_folds:
+        raise ValueError(f"{pairs_path}: its header announces {num_folds} folds, but only {len(usable)} pairs have "
+                         f"two readable images under {data_dir}, fewer than one per fold")
+    paths = [resolved.paths[2 * k + side] for k in usable for side in (0, 1)]
+    images = np.stack([image_of[path] for path in paths])
     return VerificationSet(name or Path(pairs_path).stem, images, resolved.issame[usable], [str(p) for p in paths],
                            num_folds)
 
@@ -105,8 +108,10 @@ def _hardest(result: VerificationResult, paths: list[str] | None, same: bool) ->
     order = indices[np.argsort(-result.distances[indices] if same else result.distances[indices], kind="stable")]
     listed = []
     for k in order[:HARDEST_LISTED]:
-        entry = {"pair": int(k), "distance": float(result.distances[k]),
-                 "threshold": float(result.best_thresholds[result.fold_of_pair[k]]),
+        threshold = float(result.best_thresholds[result.fold_of_pair[k]])
+        entry = {"pair": int(k), "images": [int(2 * k), int(2 * k + 1)], "distance": float(result.distances[k]),
+                 "cosine": float(distance_to_cosine(result.distances[k])), "threshold": threshold,
+                 "threshold_cosine": float(distance_to_cosine(threshold)),
                  "error": bool(result.predicted_same[k] != same)}
         if paths is not None:
             entry["paths"] = [paths[2 * k], paths[2 * k + 1]]
@@ -116,21 +121,30 @@ def _hardest(result: VerificationResult, paths: list[str] | None, same: bool) ->
 
 def result_report(result: VerificationResult, name: str, step: int | str | None = None, xnorm: float | None = None,
                   paths: list[str] | None = None) -> dict[str, Any]:
-    """A JSON-ready dict of a protocol result: summary numbers, per-fold values, ROC, distances, hardest pairs."""
+    """A JSON-ready dict of a protocol result: summary numbers, per-fold values, ROC, distances, hardest pairs.
+
+    Thresholds are squared L2 distances of the compared (e.g. flip-summed) L2-normalised embeddings; each also comes
+    as the equivalent cosine similarity (`*_cosine`, cos = 1 - d/2, "same" when the cosine is above it)."""
     predicted = result.predicted_same
     return {
         "name": name, "step": step, "num_pairs": int(result.issame.size), "num_folds": int(result.accuracy.size),
         "xnorm": xnorm,
         "accuracy_mean": result.accuracy_mean, "accuracy_std": result.accuracy_std,
         "accuracy_per_fold": result.accuracy.tolist(), "best_thresholds": result.best_thresholds.tolist(),
+        "best_thresholds_cosine": distance_to_cosine(result.best_thresholds).tolist(),
         "train_accuracy_per_fold": result.train_accuracy.tolist(),
         "far_target": result.far_target, "val": result.val, "val_std": result.val_std, "far": result.far,
         "val_per_fold": result.val_per_fold.tolist(), "far_per_fold": result.far_per_fold.tolist(),
         "val_thresholds": result.val_thresholds.tolist(),
+        "val_thresholds_cosine": distance_to_cosine(result.val_thresholds).tolist(),
+        "val_measurable": result.val_measurable, "val_negatives_needed": result.val_negatives_needed,
+        "val_training_negatives": result.val_training_negatives.tolist(),
         "auc": result.auc, "eer": None if np.isnan(result.eer) else result.eer,
         "false_matches": int(np.count_nonzero(predicted & ~result.issame)),
         "false_non_matches": int(np.count_nonzero(~predicted & result.issame)),
-        "roc": {"thresholds": result.thresholds.tolist(), "tpr": result.tpr.tolist(), "fpr": result.fpr.tolist()},
+        "roc": {"thresholds": result.thresholds.tolist(),
+                "thresholds_cosine": distance_to_cosine(result.thresholds).tolist(), "tpr": result.tpr.tolist(),
+                "fpr": result.fpr.tolist()},
         "distances": result.distances.astype(float).tolist(), "issame": result.issame.tolist(),
         "hardest_false_matches": _hardest(result, paths, same=False),
         "hardest_false_non_matches": _hardest(result, paths, same=True),
@@ -158,8 +172,8 @@ def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int, 
     logger.info("%sXNorm: %f", tag, xnorm)
     label = "Accuracy" if flip == "none" else "Accuracy-Flip"
     logger.info("%s%s: %1.5f+-%1.5f", tag, label, result.accuracy_mean, result.accuracy_std)
-    logger.info("%sVAL@FAR=%g: %1.5f+-%1.5f (FAR %1.5f)", tag, result.far_target, result.val, result.val_std,
-                result.far)
+    logger.info("%sVAL@FAR=%g: %1.5f+-%1.5f (FAR %1.5f)%s", tag, result.far_target, result.val, result.val_std,
+                result.far, "" if result.val_measurable else " not measurable: too few mismatched pairs")
     logger.info("%sAUC: %1.5f EER: %1.5f", tag, result.auc, result.eer)
     report = result_report(result, vset.name, step, xnorm, vset.paths)
     report.update(flip=flip, channel_order=channel_order)

@@ -10,11 +10,14 @@ Conventions (the seed's, kept exactly so numbers stay comparable with published 
 * Accuracy: for each fold, the threshold of ``arange(0, 4, 0.01)`` with the best accuracy on the other (training)
   folds, the first one on ties, is applied to the fold. TPR/FPR are the per-threshold means over the test folds.
 * VAL@FAR: for each fold, the training-folds FAR at each threshold of ``arange(0, 4, 0.001)``; the threshold where it
-  reaches ``far_target`` (1e-3) is interpolated linearly, each run of equal FAR values being collapsed to its smallest
-  threshold first (the seed's ``interp1d(far, thresholds, kind="slinear")`` fails on such runs with current SciPy and
-  gives the same value wherever FAR strictly increases); 0 when no training FAR reaches the target. VAL and FAR are
-  then measured on the test fold. A rate whose denominator is empty (a fold without matched or without mismatched
-  pairs) counts as 0, the fork's guard.
+  reaches ``far_target`` (1e-3) is interpolated linearly as the seed's ``interp1d(far, thresholds, kind="slinear")``
+  did on the SciPy of its time (<= 1.8): a degree-1 B-spline on the raw, repeated FAR values, which joins the LAST
+  threshold of the run of equal FAR at or below the target to the FIRST threshold of the run above it. ``np.interp``
+  on the raw arrays gives exactly that (current SciPy refuses the repeated values). 0 when no training FAR reaches
+  the target. VAL and FAR are then measured on the test fold. A rate whose denominator is empty (a fold without
+  matched or without mismatched pairs) counts as 0, the fork's guard. When the training folds of some fold hold
+  fewer than ``1 / far_target`` mismatched pairs, the smallest non-zero training FAR (one false accept) already
+  exceeds the target: VAL@FAR is computed as the seed did, but flagged ``val_measurable = False`` with a warning.
 * AUC is the trapezoidal area under the mean ROC; EER is where that polyline crosses TPR = 1 - FPR (facenet).
 
 Every count is exact: distances are sorted once and ``searchsorted(..., side="left")`` counts ``distance < threshold``
@@ -24,6 +27,7 @@ for all thresholds at once, so 6,000 pairs take milliseconds instead of the seed
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +54,7 @@ class VerificationResult:
         train_accuracy: [F] the training-folds accuracy it reached.
         val, val_std, far: mean VAL, its std and mean FAR over folds at `far_target`.
         val_per_fold, far_per_fold, val_thresholds: [F] per-fold VAL, FAR and interpolated threshold.
+        val_training_negatives: [F] mismatched pairs in the training folds of each fold, where FAR is located.
         auc: area under the mean ROC. eer: equal error rate (nan when the ROC never crosses TPR = 1 - FPR).
     """
 
@@ -69,6 +74,7 @@ class VerificationResult:
     val_per_fold: np.ndarray
     far_per_fold: np.ndarray
     val_thresholds: np.ndarray
+    val_training_negatives: np.ndarray
     auc: float
     eer: float
 
@@ -79,6 +85,16 @@ class VerificationResult:
     @property
     def accuracy_std(self) -> float:
         return float(np.std(self.accuracy))
+
+    @property
+    def val_negatives_needed(self) -> int:
+        """Training mismatched pairs needed for one false accept to be a FAR of at most far_target."""
+        return math.ceil(1.0 / self.far_target - 1e-9)  # 1e-9: a quotient such as 1 / 1e-3 may round up
+
+    @property
+    def val_measurable(self) -> bool:
+        """Whether every fold's training FAR can sit at or just below far_target (see the module docstring)."""
+        return bool(np.min(self.val_training_negatives) >= self.val_negatives_needed)
 
     @property
     def predicted_same(self) -> np.ndarray:
@@ -154,11 +170,20 @@ class _FoldCounts:
 
 
 def _threshold_at_far(far_train: np.ndarray, thresholds: np.ndarray, far_target: float) -> float:
-    """The threshold where the (non-decreasing) training FAR reaches far_target; 0 when it never does."""
+    """The threshold where the (non-decreasing) training FAR reaches far_target; 0 when it never does.
+
+    np.interp on the raw arrays finds the last FAR <= far_target and the next one above, as the seed-era
+    slinear B-spline did on repeated FAR values (see the module docstring)."""
     if np.max(far_train) < far_target:
         return 0.0
-    far_values, first_index = np.unique(far_train, return_index=True)
-    return float(np.interp(far_target, far_values, thresholds[first_index]))
+    return float(np.interp(far_target, far_train, thresholds))
+
+
+def distance_to_cosine(distance: np.ndarray | float) -> np.ndarray | float:
+    """Cosine similarity of two unit vectors from their squared L2 distance: |a - b|^2 = 2 - 2 cos, so cos = 1 - d/2.
+
+    A pair predicted "same" by ``distance < threshold`` is one with ``cosine > distance_to_cosine(threshold)``."""
+    return 1.0 - np.asarray(distance, dtype=np.float64) / 2.0
 
 
 def area_under_curve(fpr: np.ndarray, tpr: np.ndarray) -> float:
@@ -199,6 +224,15 @@ def _warn_single_class_folds(counts: _FoldCounts) -> None:
                        lacking, counts.n_same.tolist(), counts.n_diff.tolist())
 
 
+def _warn_if_val_unmeasurable(result: VerificationResult) -> None:
+    if not result.val_measurable:
+        logger.warning("VAL@FAR=%g cannot be measured: the training folds hold %d mismatched pairs (fewest over "
+                       "folds), fewer than the %d that FAR %g needs, so one false accept already exceeds it; VAL is "
+                       "computed as the seed did but is not a VAL at that FAR. Use a set with more mismatched pairs.",
+                       result.far_target, np.min(result.val_training_negatives), result.val_negatives_needed,
+                       result.far_target)
+
+
 def verify_distances(distances: np.ndarray, actual_issame: np.ndarray, nrof_folds: int = 10,
                      far_target: float = FAR_TARGET) -> VerificationResult:
     """Runs the protocol on pair distances (squared L2 of L2-normalised embeddings, see the module docstring).
@@ -228,20 +262,23 @@ def verify_distances(distances: np.ndarray, actual_issame: np.ndarray, nrof_fold
     fpr = np.mean(roc.false_positive_rate(), 0)
 
     val_counts = _FoldCounts.count(distances, issame, folds, VAL_THRESHOLDS)
-    far_train = val_counts.training().false_positive_rate()
+    val_training = val_counts.training()
+    far_train = val_training.false_positive_rate()
     val_thresholds = np.array([_threshold_at_far(far_train[f], VAL_THRESHOLDS, far_target)
                                for f in range(nrof_folds)])
     below = distances.astype(np.float64) < val_thresholds[fold_of_pair]
     val_per_fold = _rate([np.count_nonzero(below[f] & issame[f]) for f in folds], val_counts.n_same)
     far_per_fold = _rate([np.count_nonzero(below[f] & ~issame[f]) for f in folds], val_counts.n_diff)
 
-    return VerificationResult(
+    result = VerificationResult(
         distances=distances, issame=issame, fold_of_pair=fold_of_pair, thresholds=ACCURACY_THRESHOLDS, tpr=tpr,
         fpr=fpr, accuracy=test_accuracy, best_thresholds=ACCURACY_THRESHOLDS[best_index],
         train_accuracy=train_accuracy[fold_rows, best_index], far_target=far_target,
         val=float(np.mean(val_per_fold)), val_std=float(np.std(val_per_fold)), far=float(np.mean(far_per_fold)),
         val_per_fold=val_per_fold, far_per_fold=far_per_fold, val_thresholds=val_thresholds,
-        auc=area_under_curve(fpr, tpr), eer=equal_error_rate(fpr, tpr))
+        val_training_negatives=val_training.n_diff, auc=area_under_curve(fpr, tpr), eer=equal_error_rate(fpr, tpr))
+    _warn_if_val_unmeasurable(result)
+    return result
 
 
 def verify(embeddings: np.ndarray, actual_issame: np.ndarray, nrof_folds: int = 10,

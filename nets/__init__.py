@@ -5,6 +5,8 @@ seed's TF1 checkpoints) and nets.export (SavedModel, .keras, ONNX, TFLite) use T
 own.
 """
 
+# First: for `python -m nets`, importing config sets TF_CPP_MIN_LOG_LEVEL before Keras loads TensorFlow.
+import config  # noqa: F401
 from nets.mobilefacenet import get_mobilefacenet
 from nets.registry import backbone_names, get_backbone, get_seed_wide_resnet
 from nets.resnet_ir import get_resnet

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import sys
+from typing import Annotated
 
-from config import Config, setup_logging
+from config import Choices, Config, ImageSize, run_script
 
 
 class Args(Config):
-    net_depth: int = 50  # 18, 34, 50, 100, 152 or 200
-    unit_type: str = "ir"  # "ir" or "se_ir"
-    norm: str = "bn"  # "bn", "gn" or "brn"
-    width: int = 1  # 1 (model D) or 4 (the seed's L_Resnet_E_IR.py, models A-C)
-    image_size: list[int] = [112, 112]  # input height, width
+    net_depth: Annotated[int, Choices(18, 34, 50, 100, 152, 200)] = 50  # 18, 34, 50, 100, 152 or 200
+    unit_type: Annotated[str, Choices("ir", "se_ir")] = "ir"  # "ir" or "se_ir"
+    norm: Annotated[str, Choices("bn", "gn", "brn")] = "bn"  # "bn", "gn" or "brn"
+    width: Annotated[int, Choices(1, 4)] = 1  # 1 (model D) or 4 (the seed's L_Resnet_E_IR.py, models A-C)
+    image_size: ImageSize = [112, 112]  # input height, width (one N: N x N)
 
 
 def main(args: Args) -> None:
@@ -27,5 +27,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    main(Args.from_cli(sys.argv[1:]))
+    run_script(Args, main)

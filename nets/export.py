@@ -3,17 +3,19 @@
 Formats (file or folder name inside the output folder):
 
 * ``saved_model`` (``saved_model/``): TensorFlow SavedModel with a ``serve`` endpoint (and ``serving_default``);
-* ``keras`` (``embedding.keras``): the Keras model (loading it needs this package importable: ``import nets.export``
-  registers the preprocessing layer, ``nets`` the frozen-gamma batch norm);
+* ``keras`` (``embedding.keras``): the Keras model, standard layers only (standard_model): it loads with plain
+  ``keras.saving.load_model`` anywhere, without this package;
 * ``onnx`` (``embedding.onnx``): ONNX through Keras' exporter (tf2onnx), for onnxruntime and TensorRT;
 * ``tflite`` (``embedding.tflite``): float32 TensorFlow Lite;
 * ``tflite_fp16`` / ``tflite_int8``: weights stored as float16, or int8 weights and activations calibrated on sample
   images; smaller and faster, not exact, so their differences are reported but not held to the tolerance.
 
-`with_preprocessing` wraps the network so the exported file takes uint8 RGB images [N, H, W, 3] and returns
-L2-normalised embeddings: the channel order and the (x - 127.5) / 128 scaling (data.preprocess.normalize) travel
-inside the file and deployers cannot get them wrong. Every export is run back on check images and compared with the
-Keras model: max |exported - keras| / max |keras| must stay under TOLERANCE for the float formats.
+`with_preprocessing` wraps the network so the exported file takes uint8 RGB images [N, H, W, 3] (the network's input
+size, or any size given, resized inside) and returns L2-normalised embeddings: the channel order and the
+(x - 127.5) / 128 scaling travel inside the file and deployers cannot get them wrong; export_metadata.json and the
+ONNX metadata record them. Every export is run back on check images and compared with reference_embeddings, an
+independent path (numpy preprocessing, the bare network, numpy L2): max |exported - reference| / max |reference| must
+stay under TOLERANCE for the float formats, and a failed export never replaces an earlier one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,7 +34,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data.preprocess import check_channel_order, normalize
+from data.preprocess import PIXEL_MEAN, PIXEL_SCALE, check_channel_order
+from nets import norms
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +50,130 @@ FORMATS: dict[str, str] = {
 FLOAT_FORMATS = ("saved_model", "keras", "onnx", "tflite")
 TOLERANCE = 1e-4
 REPORT_FILE = "export_report.json"
+METADATA_FILE = "export_metadata.json"
+# Layer names of with_preprocessing, by which deployment_info recognises a model that carries the preprocessing.
+PREPROCESS_SCALE = "preprocess.scale"
+PREPROCESS_BGR = "preprocess.rgb_to_bgr"
+PREPROCESS_RESIZE = "preprocess.resize"
 
 
-@keras.saving.register_keras_serializable(package="insightface_tf")
-class FacePreprocessing(keras.layers.Layer):
-    """RGB images in 0..255 (uint8 or float) [N, H, W, 3] -> the network input, by data.preprocess.normalize."""
+def standard_model(model: keras.Model) -> keras.Model:
+    """A copy of `model` made of standard Keras layers only, with the same weights and inference output.
 
-    def __init__(self, channel_order: str = "BGR", **kwargs) -> None:
-        check_channel_order(channel_order)
-        super().__init__(**kwargs)
-        self.channel_order = channel_order
+    Our frozen-gamma batch norm and batch renorm become plain BatchNormalization (nets.norms.standard_layer), so the
+    saved file loads with plain `keras.saving.load_model` in a process that has never imported this package.
+    """
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return norms.standard_layer(layer) or layer.__class__.from_config(layer.get_config())
 
-    def call(self, images):
-        return normalize(images, self.channel_order)
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "channel_order": self.channel_order}
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    _copy_weights(model, copy)
+    return copy
 
 
-def with_preprocessing(model: keras.Model, channel_order: str = "BGR") -> keras.Model:
-    """`model` wrapped for deployment: uint8 RGB [N, H, W, 3] in, L2-normalised embedding out.
+def _copy_weights(source: keras.Model, target: keras.Model) -> None:
+    for layer in target.layers:
+        if not layer.weights:  # e.g. a nested model's InputLayer, which the clone renames
+            continue
+        original = source.get_layer(layer.name)  # unique within a model; the clone keeps them
+        if isinstance(layer, keras.Model):
+            _copy_weights(original, layer)
+        else:
+            layer.set_weights(norms.standard_weights(original))
+
+
+def save_keras(model: keras.Model, path: str | Path) -> Path:
+    """Writes `model` as a `.keras` file of standard layers (standard_model): what training and export both save."""
+    path = Path(path)
+    standard_model(model).save(path)
+    return path
+
+
+def with_preprocessing(model: keras.Model, channel_order: str = "BGR",
+                       input_size: tuple[int, int] | None = None) -> keras.Model:
+    """`model` wrapped for deployment: uint8 RGB [N, H, W, 3] in, L2-normalised embedding out, standard layers only.
+
+    The preprocessing is data.preprocess.normalize written as standard layers: Rescaling (x - 127.5) / 128 (which
+    also casts the uint8 input), then for BGR a fixed 1x1 convolution that reverses the channels; both are exact in
+    float32. With `input_size` the model takes images of that size and resizes them (bilinear) to the network's.
 
     Args:
-        model: an embedding network that takes normalised images (data.preprocess).
+        model: an embedding network that takes normalised float images (data.preprocess).
         channel_order: the order the network was trained with ("BGR" for the seed and its checkpoints).
+        input_size: (height, width) of the images deployers feed; None: the network's own input size.
+    Raises ValueError when `model` already carries the preprocessing (wrapping twice maps every face to one point).
     """
-    inputs = keras.Input(model.input_shape[1:], dtype="uint8", name="rgb_uint8")
-    x = FacePreprocessing(channel_order, name="preprocess")(inputs)
+    check_channel_order(channel_order)
+    if deployment_info(model) is not None or model.inputs[0].dtype != "float32":
+        raise ValueError(f"model {model.name} already takes uint8 images (it carries the preprocessing); "
+                         f"export it as it is instead of wrapping it again")
+    network_size = tuple(model.input_shape[1:3])
+    if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
+        raise ValueError(f"input_size: expected [height, width] of positive integers; received {input_size}")
+    input_size = network_size if input_size is None else (int(input_size[0]), int(input_size[1]))
+    inputs = keras.Input((*input_size, 3), dtype="uint8", name="rgb_uint8")
+    x = keras.layers.Rescaling(PIXEL_SCALE, offset=-PIXEL_MEAN * PIXEL_SCALE, name=PREPROCESS_SCALE)(inputs)
+    if channel_order == "BGR":
+        reverse = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)
+        x = keras.layers.Conv2D(3, 1, use_bias=False, trainable=False, name=PREPROCESS_BGR,
+                                kernel_initializer=keras.initializers.Constant(reverse))(x)
+    if input_size != network_size:
+        x = keras.layers.Resizing(*network_size, interpolation="bilinear", name=PREPROCESS_RESIZE)(x)
     x = model(x, training=False)
     x = keras.layers.UnitNormalization(axis=-1, name="l2_normalize")(x)
     return keras.Model(inputs, x, name=f"{model.name}_deploy")
+
+
+def deployment_info(model: keras.Model) -> dict | None:
+    """What a with_preprocessing model expects, or None for a bare network.
+
+    Keys: input_size [h, w], input "uint8 RGB", channel_order (the network's), normalisation, network_input_size,
+    output, network (the wrapped keras.Model).
+    """
+    names = {layer.name for layer in model.layers}
+    if PREPROCESS_SCALE not in names:
+        return None
+    networks = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(networks) != 1:
+        raise ValueError(f"model {model.name}: expected one wrapped network beside its preprocessing; found "
+                         f"{len(networks)}")
+    return {"input_size": list(model.input_shape[1:3]), "input": "uint8 RGB",
+            "channel_order": "BGR" if PREPROCESS_BGR in names else "RGB",
+            "normalisation": f"(x - {PIXEL_MEAN}) * {PIXEL_SCALE}", "network_input_size": list(networks[0].input_shape[1:3]),
+            "resize": "bilinear" if PREPROCESS_RESIZE in names else None,
+            "output": f"L2-normalised {model.output_shape[-1]}-d embedding", "network": networks[0]}
+
+
+def _metadata(model: keras.Model) -> dict:
+    """The input contract of an exported model, for export_metadata.json and the ONNX metadata."""
+    info = deployment_info(model)
+    if info is None:
+        return {"input_size": list(model.input_shape[1:3]), "input": "float32, preprocessed (data.preprocess)",
+                "output": f"{model.output_shape[-1]}-d embedding, not normalised"}
+    return {key: value for key, value in info.items() if key != "network"}
+
+
+def reference_embeddings(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
+    """What `model` should output on `inputs`, computed on an independent path (float64).
+
+    For a with_preprocessing model: the preprocessing written in numpy (channel order, (x - 127.5) / 128, and
+    tf.image.resize when it resizes), the wrapped network's own layers, and a numpy L2 normalisation, so a model
+    whose preprocessing is wrong or doubled disagrees with it. For a bare network: its Keras output.
+    """
+    info = deployment_info(model)
+    if info is None:
+        return keras.ops.convert_to_numpy(model(inputs, training=False)).astype(np.float64)
+    network = info["network"]
+    if deployment_info(network) is not None or network.inputs[0].dtype != "float32":
+        raise ValueError(f"model {model.name} wraps the preprocessing twice (its network {network.name} takes uint8 "
+                         f"images too): every face would map to nearly one point; export the training model instead")
+    x = np.asarray(inputs, np.float64)
+    x = (x[..., ::-1] if info["channel_order"] == "BGR" else x) - PIXEL_MEAN
+    x = x * PIXEL_SCALE
+    if info["resize"]:
+        x = tf.image.resize(x, info["network_input_size"], method="bilinear").numpy()
+    embeddings = keras.ops.convert_to_numpy(network(x.astype(np.float32), training=False)).astype(np.float64)
+    return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
 
 
 def max_relative_difference(actual: np.ndarray, reference: np.ndarray) -> float:
@@ -105,6 +201,12 @@ def _tflite_bytes(saved_model_dir: Path, fmt: str, calibration_inputs: np.ndarra
     return converter.convert()
 
 
+def _input_spec(model: keras.Model) -> tf.TensorSpec:
+    """The model's input, any batch size: for the SavedModel function and the ONNX graph (a clone never called
+    has no traced signature of its own)."""
+    return tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype, name=model.inputs[0].name)
+
+
 def _save_saved_model(model: keras.Model, path: Path) -> None:
     """A SavedModel with one `serve` function (also the `serving_default` signature), each weight stored once.
 
@@ -114,9 +216,8 @@ def _save_saved_model(model: keras.Model, path: Path) -> None:
     """
     module = tf.Module()
     module.model_variables = [variable.value for variable in model.weights]
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype, name=model.inputs[0].name)
 
-    @tf.function(input_signature=[spec])
+    @tf.function(input_signature=[_input_spec(model)])
     def serve(images):
         return model(images, training=False)
 
@@ -138,9 +239,10 @@ def save(model: keras.Model, fmt: str, path: str | Path, *, saved_model_dir: str
     if fmt == "saved_model":
         _save_saved_model(model, path)
     elif fmt == "keras":
-        model.save(path)
+        save_keras(model, path)
     elif fmt == "onnx":
-        model.export(str(path), format="onnx", verbose=False)
+        model.export(str(path), format="onnx", verbose=False, input_signature=[_input_spec(model)])
+        _add_onnx_metadata(path, _metadata(model))
     elif saved_model_dir is not None:
         path.write_bytes(_tflite_bytes(Path(saved_model_dir), fmt, calibration_inputs))
     else:
@@ -211,12 +313,55 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+def _add_onnx_metadata(path: Path, metadata: dict) -> None:
+    """Records the input contract in the ONNX file's metadata_props (onnxruntime: session.get_modelmeta())."""
+    import onnx  # only ONNX export needs it
+
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in metadata.items()})
+    onnx.save(proto, str(path))
+
+
+def _replace(source: Path, destination: Path) -> None:
+    """Moves a checked export over the previous one (a folder is swapped through a backup name)."""
+    if destination.is_dir():
+        backup = destination.with_name(destination.name + ".previous")
+        shutil.rmtree(backup, ignore_errors=True)
+        destination.rename(backup)
+        source.rename(destination)
+        shutil.rmtree(backup)
+    else:
+        os.replace(source, destination)
+
+
+def _write_and_check(model: keras.Model, folder: Path, formats: list[str], check_inputs: np.ndarray,
+                     reference: np.ndarray, calibration_inputs: np.ndarray) -> list[ExportResult]:
+    saved_model_dir = None
+    if any(fmt.startswith("tflite") for fmt in formats):
+        # TFLite converts from a SavedModel: the exported one, or one written once beside the files.
+        saved_model_dir = folder / (FORMATS["saved_model"] if "saved_model" in formats else "tflite_source")
+        save(model, "saved_model", saved_model_dir)
+    results = []
+    for fmt in formats:
+        path = folder / FORMATS[fmt]
+        if path != saved_model_dir:
+            save(model, fmt, path, saved_model_dir=saved_model_dir, calibration_inputs=calibration_inputs)
+        difference = max_relative_difference(load_runner(fmt, path)(check_inputs), reference)
+        results.append(ExportResult(fmt, str(path), _size(path), difference,
+                                    TOLERANCE if fmt in FLOAT_FORMATS else None))
+        log.info("%-12s %-40s %12d bytes  max relative difference %.2e%s", fmt, path, results[-1].bytes,
+                 difference, "" if results[-1].passed else f"  ABOVE the tolerance {TOLERANCE:g}")
+    return results
+
+
 def export_model(model: keras.Model, output_dir: str | Path, formats: Iterable[str], check_inputs: np.ndarray,
                  calibration_inputs: np.ndarray | None = None) -> list[ExportResult]:
-    """Exports `model` in each format, runs each file on `check_inputs` and compares with the Keras model.
+    """Exports `model` in each format, runs each file on `check_inputs` and compares it with reference_embeddings.
 
-    Writes OUTPUT_DIR/export_report.json and logs a table. Raises RuntimeError (after writing everything) when a
-    float format differs from Keras by more than TOLERANCE.
+    The files are made of standard layers (standard_model) and written to a scratch folder inside `output_dir`;
+    only when every float format is within TOLERANCE do they replace the files of an earlier export, with
+    OUTPUT_DIR/export_report.json (sizes, differences) and export_metadata.json (input size, channel order,
+    normalisation: deployment_info). Otherwise RuntimeError, and `output_dir` is left as it was.
 
     Args:
         model: the network to export, as deployed (e.g. with_preprocessing(...)); it must not hold class weights.
@@ -231,27 +376,20 @@ def export_model(model: keras.Model, output_dir: str | Path, formats: Iterable[s
         raise ValueError(f"unknown export formats {unknown}; expected some of {', '.join(FORMATS)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    reference = keras.ops.convert_to_numpy(model(check_inputs, training=False)).astype(np.float64)
+    reference = reference_embeddings(model, check_inputs)
     calibration_inputs = check_inputs if calibration_inputs is None else calibration_inputs
-    results = []
-    with tempfile.TemporaryDirectory() as scratch:
-        saved_model_dir = None
-        if any(fmt.startswith("tflite") for fmt in formats):
-            # TFLite converts from a SavedModel: reuse the exported one, or write one once to a scratch folder.
-            saved_model_dir = output_dir / FORMATS["saved_model"] if "saved_model" in formats else Path(scratch) / "sm"
-            save(model, "saved_model", saved_model_dir)
-        for fmt in formats:
-            path = output_dir / FORMATS[fmt]
-            if not (fmt == "saved_model" and saved_model_dir == path):
-                save(model, fmt, path, saved_model_dir=saved_model_dir, calibration_inputs=calibration_inputs)
-            difference = max_relative_difference(load_runner(fmt, path)(check_inputs), reference)
-            results.append(ExportResult(fmt, str(path), _size(path), difference,
-                                        TOLERANCE if fmt in FLOAT_FORMATS else None))
-            log.info("%-12s %-40s %12d bytes  max relative difference %.2e%s", fmt, path, results[-1].bytes,
-                     difference, "" if results[-1].passed else f"  ABOVE the tolerance {TOLERANCE:g}")
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
+        results = _write_and_check(standard_model(model), Path(scratch), formats, check_inputs, reference,
+                                   calibration_inputs)
+        failed = [r for r in results if not r.passed]
+        if failed:
+            raise RuntimeError(f"exports differ from the reference by more than {TOLERANCE:g}: "
+                               + ", ".join(f"{r.format} {r.max_relative_difference:.2e}" for r in failed)
+                               + f"; nothing written to {output_dir}")
+        for result in results:
+            destination = output_dir / FORMATS[result.format]
+            _replace(Path(result.path), destination)
+            result.path = str(destination)
     (output_dir / REPORT_FILE).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2) + "\n")
-    failed = [r for r in results if not r.passed]
-    if failed:
-        raise RuntimeError(f"exports differ from the Keras model by more than {TOLERANCE:g}: "
-                           + ", ".join(f"{r.format} {r.max_relative_difference:.2e}" for r in failed))
+    (output_dir / METADATA_FILE).write_text(json.dumps(_metadata(model), indent=2) + "\n")
     return results

@@ -9,7 +9,8 @@ Table 1 of the paper, at 112x112:
 * conv 1x1 (512) -> linear global depthwise conv (GDC, a depthwise conv as large as the 7x7 map) -> linear 1x1 to the
   embedding (a dense layer on the 1x1 map).
 
-Every convolution is followed by batch norm; the non-linear ones by PReLU (one alpha per channel, 0.25 at start).
+Every convolution is followed by a norm (the paper's batch norm by default, any of nets.norms); the non-linear ones
+by PReLU (one alpha per channel, 0.25 at start).
 The paper's embedding is 128-d; this builder defaults to 512 so it plugs into the same margin heads, evaluation and
 export as the other backbones. Stride-2 3x3 convolutions pad symmetrically (as the IR-ResNet; PyTorch's padding=1).
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import keras
 
-from nets.norms import make_norm
+from nets.norms import check_norm, make_norm
 from nets.output_block import seed_sequence
 
 # (expansion t, output channels c, units n, stride of the first unit s), the paper's Table 1.
@@ -37,7 +38,9 @@ PRELU_INIT = 0.25
 
 
 class _Builder:
-    def __init__(self, seed: int | None) -> None:
+    def __init__(self, norm: str, synchronized_bn: bool, seed: int | None) -> None:
+        self.norm = norm
+        self.synchronized_bn = synchronized_bn
         self.next_seed = seed_sequence(seed)
 
     def initializer(self) -> keras.initializers.Initializer:
@@ -64,11 +67,14 @@ class _Builder:
         return self._bn_prelu(x, name, activation)
 
     def _bn_prelu(self, x, name: str, activation: bool):
-        x = make_norm("bn", f"{name}_bn", seed=self.next_seed())(x)
+        x = self.norm_layer(x, f"{name}_bn")
         if activation:
             x = keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(PRELU_INIT), shared_axes=[1, 2],
                                    name=f"{name}_prelu")(x)
         return x
+
+    def norm_layer(self, x, name: str):
+        return make_norm(self.norm, name, synchronized=self.synchronized_bn, seed=self.next_seed())(x)
 
 
 def _bottleneck(b: _Builder, x, expansion: int, channels: int, stride: int, scope: str):
@@ -81,7 +87,8 @@ def _bottleneck(b: _Builder, x, expansion: int, channels: int, stride: int, scop
 
 
 def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size: int = 512, dropout_rate: float = 0.0,
-                      seed: int | None = None, name: str = "mobilefacenet") -> keras.Model:
+                      norm: str = "bn", synchronized_bn: bool = False, seed: int | None = None,
+                      name: str = "mobilefacenet") -> keras.Model:
     """Builds MobileFaceNet: float (N, H, W, 3) -> (N, embedding_size).
 
     Args:
@@ -89,13 +96,16 @@ def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size
         embedding_size: output dimension (the paper's 128; 512 by default, as the other backbones).
         dropout_rate: fraction dropped before the embedding layer in training; 0 (the paper's network) by default,
             set by train_nets.Args.dropout_rate like every backbone's output block.
+        norm: "bn" (the paper's), "gn" or "brn" (nets.norms), after every convolution and the embedding.
+        synchronized_bn: batch statistics over all replicas under a tf.distribute strategy.
         seed: makes every initialiser deterministic when given.
         name: model name.
 
     Input images are expected preprocessed (data.preprocess), as for every backbone of this package.
     """
+    check_norm(norm)
     height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    b = _Builder(seed)
+    b = _Builder(norm, synchronized_bn, seed)
     inputs = keras.Input((height, width, 3), name="input_layer")
     x = b.conv_bn(inputs, STEM_CHANNELS, 3, 2, "conv1")
     x = b.depthwise_bn(x, 3, 1, "conv2_dw")
@@ -108,5 +118,5 @@ def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size
     if dropout_rate:
         x = keras.layers.Dropout(dropout_rate, name="embedding_dropout")(x)
     x = keras.layers.Dense(embedding_size, use_bias=False, kernel_initializer=b.initializer(), name="embedding")(x)
-    x = make_norm("bn", "embedding_bn", seed=b.next_seed())(x)
+    x = b.norm_layer(x, "embedding_bn")
     return keras.Model(inputs, x, name=name)

@@ -13,6 +13,9 @@ Names (case-insensitive):
 * ``vgg16``, ``vgg19`` (nets.vgg);
 * ``mobilefacenet`` (nets.mobilefacenet).
 
+Every builder takes `norm` ("bn", "gn", "brn"), `synchronized_bn` and `seed` (nets.norms.make_norm for every norm
+layer; the VGGs have norms in their output block only).
+
 `get_seed_wide_resnet` builds the seed's 4x-wide files (L_Resnet_E_IR.py, _GBN.py, _RBN.py) under their own depth
 keys (100 layers keyed 101) and scopes, which their checkpoints need.
 """
@@ -71,8 +74,9 @@ def backbone_names() -> list[str]:
 def get_backbone(name: str, **kwargs) -> keras.Model:
     """Builds the backbone `name` (case-insensitive; see the module docstring) with the builder's keyword arguments.
 
-    Common keyword arguments: image_size, embedding_size, dropout_rate, seed, name; the ResNets and VGGs also take
-    norm. Raises ValueError listing the known names when `name` is unknown.
+    Every builder takes image_size, embedding_size, dropout_rate, norm, synchronized_bn, seed and name (train_nets
+    passes Args.norm, sync_bn and seed for every backbone). Raises ValueError listing the known names when `name` is
+    unknown.
     """
     builder = _BY_LOWER_NAME.get(name.lower())
     if builder is None:

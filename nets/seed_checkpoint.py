@@ -226,8 +226,10 @@ def _seed_variable_names(layer: keras.layers.Layer) -> dict[str, str]:
     return _CONV_NAMES
 
 
-def seed_variables(model: keras.Model) -> dict[str, keras.Variable]:
-    """The seed's checkpoint name of every variable of `model` (an IR-ResNet named after its seed scope)."""
+def seed_variables(model: keras.Model, scope: str | None = None) -> dict[str, keras.Variable]:
+    """The seed's checkpoint name of every variable of `model` (an IR-ResNet) below `scope` (default: the model's
+    name, e.g. "resnet_v1_50")."""
+    scope = scope or model.name
     variables = {}
     for layer in model.layers:
         names = _seed_variable_names(layer)
@@ -235,7 +237,7 @@ def seed_variables(model: keras.Model) -> dict[str, keras.Variable]:
             if variable.name not in names:
                 raise ValueError(f"layer {layer.name} ({type(layer).__name__}) has a variable {variable.name!r} with "
                                  f"no TensorLayer equivalent (known: {', '.join(names)})")
-            variables[f"{seed_scope(layer.name, model.name)}/{names[variable.name]}"] = variable
+            variables[f"{seed_scope(layer.name, scope)}/{names[variable.name]}"] = variable
     return variables
 
 
@@ -258,8 +260,12 @@ def _listed(names: list[str]) -> str:
 def match_variables(model: keras.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, keras.Variable]:
     """Checkpoint name -> variable of `model` for every model variable; raises ValueError listing the missing,
     unexpected and wrongly shaped variables when the checkpoint does not hold exactly this network (class weights,
-    optimizer slots and the step counter aside)."""
-    variables = seed_variables(model)
+    optimizer slots and the step counter aside).
+
+    Names are matched below the checkpoint's own scope, whatever the model is called: training names the 4x-wide
+    100-layer net resnet_v1_100 (its depth), the seed's checkpoints of it say resnet_v1_101.
+    """
+    variables = seed_variables(model, _find_scope(shapes))
     extras = {name for name in shapes if is_training_state(name) or name in CLASS_WEIGHT_NAMES}
     missing = sorted(set(variables) - set(shapes))
     unexpected = sorted(set(shapes) - set(variables) - extras)
@@ -275,9 +281,9 @@ def match_variables(model: keras.Model, shapes: Mapping[str, tuple[int, ...]]) -
 
 
 def restore_weights(model: keras.Model, ckpt_prefix: str | Path) -> np.ndarray | None:
-    """Copies a seed checkpoint into `model` (an IR-ResNet named after the checkpoint's scope, e.g. one built by
-    SeedArchitecture.build or by training with the same depth/width/norm) and returns its class weights (D, C), or
-    None when it holds none. Raises ValueError listing the differences when the networks do not match."""
+    """Copies a seed checkpoint into `model` (an IR-ResNet of the checkpoint's architecture, e.g. one built by
+    SeedArchitecture.build or by training with the same depth/width/norm/unit type) and returns its class weights
+    (D, C), or None when it holds none. Raises ValueError listing the differences when the networks do not match."""
     prefix = resolve_prefix(ckpt_prefix)
     shapes = read_variable_shapes(prefix)
     variables = match_variables(model, shapes)

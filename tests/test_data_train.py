@@ -117,12 +117,12 @@ def test_corrupt_images_are_skipped_reported_and_replaced(identity_tree, caplog)
 
 
 def test_normalisation_is_the_seed_formula(tmp_path):
-    root = tmp_path / "one" / "person"
-    root.mkdir(parents=True)
     rgb = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10, 128, 250
     rgb[0, 0] = (0, 255, 3)
-    (root / "a.png").write_bytes(encode(rgb))
+    for person in ("person", "other"):  # two identities: a training set of one is refused
+        (tmp_path / "one" / person).mkdir(parents=True)
+        (tmp_path / "one" / person / "a.png").write_bytes(encode(rgb))
     for order, expected_channels in (("BGR", rgb[..., ::-1]), ("RGB", rgb)):
         data = open_train_data(str(tmp_path / "one"), image_size=(SIZE, SIZE), channel_order=order)
         images, _ = collect(data, batch_size=1, epoch=0, seed=0, augment=False)

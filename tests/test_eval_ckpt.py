@@ -18,14 +18,17 @@ from nets import get_resnet
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict:
-    """A 3-step RGB run on synthetic identities and a pairs file over other identities."""
+    """A 3-step RGB run on synthetic identities, validated on a pairs file over other identities at steps 2 and 3,
+    summaries at step 2 (not a console-line step)."""
     root = tmp_path_factory.mktemp("evalrun")
     synthetic.generate(root / "train", 4, 6, seed=0, image_size=32)
     synthetic.generate(root / "heldout", 6, 6, seed=1, image_size=32)
     generate_pairs.main(generate_pairs.Args(data_dir=str(root / "heldout"), pairs_filepath=str(root / "pairs.txt"),
                                             num_folds=4, pairs_per_fold=4, seed=0))
     args = train_nets.Args(net_depth=18, image_size=[32, 32], batch_size=8, max_steps=3, ckpt_interval=2,
-                           channel_order="RGB", train_dataset_dir=str(root / "train"), validate_interval=0,
+                           channel_order="RGB", train_dataset_dir=str(root / "train"), validate_interval=2,
+                           eval_dataset=str(root / "heldout"), eval_pair=str(root / "pairs.txt"), summary_interval=2,
+                           show_info_interval=3,
                            ckpt_path=str(root / "ckpt"), summary_path=str(root / "summary"),
                            log_file_path=str(root / "logs"))
     summary = train_nets.train(args)
@@ -52,6 +55,36 @@ def test_checkpoints_are_evaluated_with_reports_and_plots(tiny_run, tmp_path, ca
     assert (tmp_path / "roc.png").stat().st_size > 1000
     assert "[pairs][InsightFace_iter-3]Accuracy-Flip:" in caplog.text
     assert "XNorm" in caplog.text and f"report: {tmp_path / 'report.json'}" in caplog.text
+
+
+def summary_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of every scalar in the TensorBoard event files of `folder`."""
+    import tensorflow as tf
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+def test_tensorboard_holds_validation_numbers_and_samples_per_second(tiny_run, tmp_path):
+    root = tiny_run["root"]
+    scalars = summary_scalars(root / "summary")
+    # Step 2 is a summary step but not a console-line step (show_info_interval=3): samples/s is logged anyway.
+    assert set(scalars["samples_per_sec"]) == {2} and scalars["samples_per_sec"][2] > 0
+    # The validations at steps 2 and 3 give the numbers eval_ckpt_file.py measures on the checkpoints of those steps.
+    reports = eval_ckpt_file.evaluate_checkpoints(eval_ckpt_file.Args(
+        ckpt_file=str(root / "ckpt" / "InsightFace_iter-"), ckpt_index_list=["2", "3"],
+        eval_dataset=str(root / "heldout"), eval_pair=str(root / "pairs.txt"), batch_size=8, output_dir=str(tmp_path)))
+    for step, report in zip((2, 3), reports):
+        for key, tag in train_nets.VALIDATION_SCALARS.items():
+            if report[key] is None:  # no EER: nothing is logged
+                assert step not in scalars.get(f"validation/pairs/{tag}", {})
+            else:
+                assert scalars[f"validation/pairs/{tag}"][step] == pytest.approx(report[key], abs=1e-4), tag
 
 
 def test_keras_export_gives_the_checkpoint_s_numbers(tiny_run, tmp_path):
@@ -92,3 +125,43 @@ def test_real_faces_orl_untrained_network(orl_faces, tmp_path):
     assert report["num_pairs"] == 600
     assert report["accuracy_mean"] > 0.65
     assert report["auc"] > 0.7
+
+
+def reference_distances(model, data_dir, pairs_path, size, channel_order="RGB"):
+    """Squared L2 distances of the flip-summed, L2-normalised embeddings, images resized with cv2 (bilinear)."""
+    import cv2
+
+    from eval.pairs import read_pairs, resolve_pair_paths
+
+    resolved = resolve_pair_paths(read_pairs(pairs_path).pairs, data_dir)
+    rgb = np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (size, size), interpolation=cv2.INTER_LINEAR)
+                    for p in resolved.paths]).astype(np.float64)
+    x = rgb if channel_order == "RGB" else rgb[..., ::-1]
+    x = ((x - 127.5) / 128.0).astype(np.float32)
+    summed = np.asarray(model(x, training=False), np.float64) + np.asarray(model(x[:, :, ::-1], training=False),
+                                                                            np.float64)
+    unit = summed / np.linalg.norm(summed, axis=1, keepdims=True)
+    return np.sum((unit[0::2] - unit[1::2]) ** 2, axis=1)
+
+
+def test_checkpoints_of_different_input_sizes_each_get_their_size(tiny_run, tmp_path, monkeypatch):
+    import eval.sets
+
+    root = tiny_run["root"]
+    models = {size: get_resnet(18, image_size=size, embedding_size=16, seed=size) for size in (32, 16)}
+    for size, model in models.items():
+        model.save(tmp_path / f"net{size}.keras")
+    loaded_sizes = []
+    original = eval.sets.load_pairs_set
+    monkeypatch.setattr(eval.sets, "load_pairs_set",
+                        lambda *a, **k: loaded_sizes.append(tuple(k["image_size"])) or original(*a, **k))
+    reports = eval_ckpt_file.evaluate_checkpoints(eval_ckpt_file.Args(
+        ckpt_file=f"{tmp_path}/net", ckpt_index_list=["32.keras", "16.keras", "32.keras"],
+        eval_dataset=str(root / "heldout"), eval_pair=str(root / "pairs.txt"), batch_size=16, channel_order="RGB",
+        output_dir=str(tmp_path / "eval")))
+    assert [r["image_size"] for r in reports] == [[32, 32], [16, 16], [32, 32]]
+    assert loaded_sizes == [(32, 32), (16, 16)]  # each size read once
+    for report in reports[:2]:
+        size = report["image_size"][0]
+        expected = reference_distances(models[size], root / "heldout", root / "pairs.txt", size)
+        np.testing.assert_allclose(report["distances"], expected, rtol=1e-4, atol=1e-5)

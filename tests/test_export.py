@@ -8,7 +8,11 @@ seed's convention written in numpy (RGB uint8 -> channel order -> (x - 127.5) / 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -147,3 +151,156 @@ def test_cli_uses_the_recorded_channel_order(images, tmp_path):
 def test_unknown_format_is_named(network, tmp_path):
     with pytest.raises(ValueError, match="'pb'.*saved_model, keras, onnx"):
         export.export_model(network, tmp_path, ["pb"], np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))
+
+
+REPO = Path(__file__).resolve().parents[1]
+# Loads .keras files in a process that imports keras only (cwd outside the repository, so nets/ cannot be found).
+PLAIN_LOAD = """
+import sys
+import keras
+import numpy as np
+for path, inputs in zip(sys.argv[1::2], sys.argv[2::2]):
+    model = keras.saving.load_model(path)
+    np.save(path + ".out.npy", keras.ops.convert_to_numpy(model(np.load(inputs), training=False)))
+assert not [name for name in sys.modules if name.split(".")[0] in ("nets", "data", "training")]
+"""
+
+
+def test_saved_models_load_with_plain_keras_and_give_the_same_embeddings(tmp_path):
+    """save_keras (training's best/embedding.keras) and export's .keras, with and without the preprocessing, of a
+    network with frozen-gamma BN and batch renorm, load in a process that never imported nets/ and give the source
+    model's outputs (relative difference < 1e-6)."""
+    model = _tiny_network(32, renorm=True)
+    rng = np.random.default_rng(5)
+    for _ in range(3):  # moves the moving statistics and the renorm averages away from their start
+        model(rng.normal(0.5, 2.0, (4, 32, 32, 3)).astype("float32"), training=True)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    floats = ((images[..., ::-1].astype(np.float32) - 127.5) / 128.0)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "floats.npy", floats)
+    export.save_keras(model, tmp_path / "best.keras")
+    export.export_model(model, tmp_path / "raw", ["keras"], floats)
+    export.export_model(export.with_preprocessing(model), tmp_path / "deploy", ["keras"], images)
+    files = [(tmp_path / "best.keras", "floats"), (tmp_path / "raw" / "embedding.keras", "floats"),
+             (tmp_path / "deploy" / "embedding.keras", "images")]
+    argv = [str(arg) for path, name in files for arg in (path, tmp_path / f"{name}.npy")]
+    result = subprocess.run([sys.executable, "-c", PLAIN_LOAD, *argv], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = model(floats, training=False).numpy()
+    for path, _ in files[:2]:
+        assert relative_difference(np.load(f"{path}.out.npy"), expected) < 1e-6
+    assert relative_difference(np.load(f"{files[2][0]}.out.npy"), seed_convention(model, images)) < 1e-6
+
+
+def numpy_bilinear(images, size):
+    """Bilinear resize with half-pixel centres and no antialiasing (TF2's tf.image.resize), in float64 numpy."""
+    def weights(out_size, in_size):
+        src = np.clip((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0, in_size - 1)
+        low = np.floor(src).astype(int)
+        return low, np.minimum(low + 1, in_size - 1), src - low
+
+    (y0, y1, fy), (x0, x1, fx) = weights(size[0], images.shape[1]), weights(size[1], images.shape[2])
+    rows = images[:, y0] * (1 - fy)[None, :, None, None] + images[:, y1] * fy[None, :, None, None]
+    return rows[:, :, x0] * (1 - fx)[None, None, :, None] + rows[:, :, x1] * fx[None, None, :, None]
+
+
+def _tiny_network(size=32, renorm=False):
+    """A few layers (ONNX conversion in seconds) with a frozen-gamma BN (and a batch renorm)."""
+    from nets.norms import make_norm
+
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, kernel_initializer=keras.initializers.GlorotNormal(seed=1))(inputs)
+    x = make_norm("bn", "bn", frozen_gamma=True)(x)
+    if renorm:
+        x = make_norm("brn", "brn")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(16, kernel_initializer=keras.initializers.GlorotNormal(seed=2), name="dense")(x)
+    model = keras.Model(inputs, x, name="tiny")
+    model.get_layer("bn").moving_mean.assign(np.linspace(-0.2, 0.2, 8))
+    return model
+
+
+def _readme_onnx_snippet() -> str:
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("# deploy-snippet: start"):text.index("# deploy-snippet: onnx end")]
+    header, onnx_part = block[:block.index("# SavedModel")], block[block.index("# ONNX"):]
+    assert "faces = " in header and "onnxruntime" in onnx_part
+    return header + onnx_part
+
+
+def test_readme_onnx_snippet_runs_on_an_export_that_resizes(tmp_path):
+    """export with input_size: the metadata records the input, the model resizes inside, and the README's ONNX code,
+    as written, runs in a fresh process on it and gives the independent numpy reference."""
+    network = _tiny_network(32)
+    deployed = export.with_preprocessing(network, "BGR", input_size=(48, 40))
+    images = np.random.default_rng(2).integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)
+    out = tmp_path / "output" / "export"
+    export.export_model(deployed, out, ["onnx"], images)
+    metadata = json.loads((out / export.METADATA_FILE).read_text())
+    assert metadata["input_size"] == [48, 40] and metadata["network_input_size"] == [32, 32]
+    assert metadata["channel_order"] == "BGR" and metadata["input"] == "uint8 RGB"
+
+    x = numpy_bilinear((images[..., ::-1].astype(np.float64) - 127.5) / 128.0, (32, 32))
+    reference = network(x.astype(np.float32)).numpy().astype(np.float64)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    np.save(tmp_path / "faces.npy", images)
+    snippet = _readme_onnx_snippet().replace("faces = ", "faces = np.load('faces.npy')  # ", 1)
+    script = snippet + "\nnp.save('embeddings.npy', embeddings)\n"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert relative_difference(np.load(tmp_path / "embeddings.npy"), reference) < 1e-5
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out / "embedding.onnx"), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["input_size"]) == [48, 40]
+
+
+def _export_cli(*argv):
+    return subprocess.run([sys.executable, "export.py", *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_re_exporting_an_export_keeps_it_and_never_wraps_twice(tmp_path):
+    """The CLI given its own embedding.keras re-exports it as it is (same embeddings, not one point), a model wrapped
+    twice is refused by the check, and with_preprocessing refuses a wrapped model."""
+    network = _tiny_network(32)
+    out = tmp_path / "export"
+    export.export_model(export.with_preprocessing(network), out, ["keras"],
+                        np.zeros((1, 32, 32, 3), np.uint8) + 100)
+    again = _export_cli(f"--input_model={out / 'embedding.keras'}", f"--output_dir={out}", "--formats=keras",
+                        "--num_check_images=2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already carries the preprocessing" in again.stderr
+    images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    reexported = keras.saving.load_model(out / "embedding.keras")(images).numpy()
+    assert relative_difference(reexported, seed_convention(network, images)) < 1e-5
+    assert np.min(1 - reexported @ reexported.T + np.eye(4)) > 1e-3  # distinct faces stay distinct
+
+    refused = _export_cli(f"--input_model={out / 'embedding.keras'}", f"--output_dir={tmp_path / 'raw'}",
+                          "--formats=keras", "--with_preprocessing=false")
+    assert refused.returncode != 0 and not (tmp_path / "raw").exists()
+    assert "already carries the preprocessing" in refused.stderr.strip().splitlines()[-1]
+
+    deployed = keras.saving.load_model(out / "embedding.keras")
+    with pytest.raises(ValueError, match="already takes uint8 images"):
+        export.with_preprocessing(deployed)
+    twice = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 128, offset=-127.5 / 128, name=export.PREPROCESS_SCALE)(twice)
+    twice = keras.Model(twice, keras.layers.UnitNormalization()(deployed(x)))
+    with pytest.raises(ValueError, match="wraps the preprocessing twice"):
+        export.export_model(twice, tmp_path / "twice", ["keras"], images)
+
+
+def test_a_failed_export_leaves_the_previous_one(tmp_path):
+    """A model whose built-in preprocessing is wrong (RGB kept while it says BGR) differs from the independent
+    reference: the export fails, and the good files of the earlier export are untouched."""
+    network = _tiny_network(32)
+    images = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    export.export_model(export.with_preprocessing(network), tmp_path, ["keras", "saved_model"], images)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    broken = export.with_preprocessing(network)
+    broken.get_layer(export.PREPROCESS_BGR).kernel.assign(np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3))
+    with pytest.raises(RuntimeError, match="differ from the reference.*keras.*nothing written"):
+        export.export_model(broken, tmp_path, ["keras", "saved_model"], images)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before

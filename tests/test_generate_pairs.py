@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,6 +15,8 @@ import pytest
 
 from eval.pairs import read_pairs, resolve_pair_paths
 from generate_pairs import Args, main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_identity_tree(root, images_per_identity, extension=".png"):
@@ -121,3 +127,44 @@ def test_orl_faces_generate_then_read_round_trip(orl_faces, tmp_path):
     resolved = resolve_pair_paths(pairs_file.pairs, orl_faces)
     assert len(resolved.paths) == 2 * 2000 and all(p.is_file() for p in resolved.paths)
     assert {p.name1 for p in pairs_file.pairs} <= {f"s{k}" for k in range(1, 41)}
+
+
+def test_all_digit_identity_names_are_written_and_resolve(tmp_path):
+    # CASIA-WebFace names its identities 0000045, 0000099, ...; the fork used 00001, ...; its images 001.jpg, ...
+    names = ["0000045", "0000099", "00001", "00002", "7"]
+    for k, name in enumerate(names):
+        (tmp_path / "aligned" / name).mkdir(parents=True)
+        for i in range(4):
+            assert cv2.imwrite(str(tmp_path / "aligned" / name / f"{i + 1:03d}.jpg"), np.full((4, 4, 3), k * 9 + i,
+                                                                                               np.uint8))
+    completed = subprocess.run([sys.executable, "generate_pairs.py", f"--data_dir={tmp_path / 'aligned'}",
+                                f"--pairs_filepath={tmp_path / 'pairs.txt'}", "--num_folds=2", "--pairs_per_fold=5"],
+                               cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    pairs_file = read_pairs(tmp_path / "pairs.txt")
+    assert_lfw_layout(pairs_file, 2, 5)
+    assert {p.name1 for p in pairs_file.pairs} | {p.name2 for p in pairs_file.pairs} == set(names)
+    resolved = resolve_pair_paths(pairs_file.pairs, tmp_path / "aligned")
+    assert resolved.num_skipped == 0 and all(path.is_file() for path in resolved.paths)
+    for pair, first, second in zip(pairs_file.pairs, resolved.paths[0::2], resolved.paths[1::2]):
+        assert (first.parent.name, first.name) == (pair.name1, pair.image1)
+        assert (second.parent.name, second.name) == (pair.name2, pair.image2)
+
+
+def test_a_folder_name_that_is_not_utf8_is_refused_naming_it_and_nothing_is_left_behind(tmp_path):
+    data = tmp_path / "aligned"
+    make_identity_tree(data, [3, 3])
+    bad = os.fsencode(data) + b"/Andr\xe9"  # a Latin-1 name: not UTF-8, as copied from an old archive
+    os.mkdir(bad)
+    for i in range(3):
+        with open(bad + b"/face_%d.png" % i, "wb") as stream:
+            stream.write((data / "id_00" / "face_0.png").read_bytes())
+    (tmp_path / "pairs.txt").write_text("the user's pairs\n")
+    result = subprocess.run([sys.executable, "generate_pairs.py", f"--data_dir={data}",
+                             f"--pairs_filepath={tmp_path / 'pairs.txt'}", "--num_folds=2", "--pairs_per_fold=2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Andr\\xe9" in lines[0] and "not valid UTF-8" in lines[0], result.stderr
+    assert (tmp_path / "pairs.txt").read_text() == "the user's pairs\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned", "pairs.txt"]

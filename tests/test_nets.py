@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,7 +14,10 @@ import tensorflow as tf
 
 from losses import MarginHead, sparse_softmax_cross_entropy
 from nets import get_resnet
+from nets.norms import BatchRenormalization
 from nets.resnet_ir import STAGE_UNITS, seed_scope
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _small_batch(size=32, n=2):
@@ -54,7 +60,12 @@ def test_every_trainable_weight_gets_a_gradient_and_frozen_gamma_stays(norm, uni
     missing = [v.path for v, g in zip(variables, grads) if g is None or not np.any(g.numpy())]
     assert not missing, f"no gradient for {missing}"
 
-    if norm != "gn":
+    if norm == "brn":  # the seed's tf.layers renorm: every gamma starts at 1 and trains, E_BN2's included
+        bn_layers = [layer for layer in model.layers if isinstance(layer, BatchRenormalization)]
+        assert len(bn_layers) == 30 and model.get_layer("E_BN2") in bn_layers
+        assert all(layer.gamma.trainable and np.all(layer.gamma.numpy() == 1) for layer in bn_layers)
+        assert any(v is model.get_layer("E_BN2").gamma for v in model.trainable_variables)
+    if norm == "bn":
         gamma = model.get_layer("E_BN2").gamma
         assert not gamma.trainable and all(v is not gamma for v in model.trainable_variables)
         before = gamma.numpy().copy()
@@ -116,7 +127,9 @@ def test_width_four_and_group_norm_variants():
     assert layer.groups == 32 and layer.epsilon == pytest.approx(1e-5)
     assert "E_BN2" not in [lyr.name for lyr in gn.layers]
     brn = get_resnet(18, norm="brn", image_size=32).get_layer("bn0")
-    assert brn.renorm and brn.renorm_clipping == {"rmax": 3.0, "rmin": 1.0 / 3.0, "dmax": 5.0}
+    assert isinstance(brn, BatchRenormalization) and brn.epsilon == pytest.approx(1e-3)
+    assert brn.renorm_clipping == {"rmax": 3.0, "rmin": 1.0 / 3.0, "dmax": 5.0}
+    assert brn.momentum == pytest.approx(0.9) and brn.renorm_momentum == pytest.approx(0.9)
 
 
 def test_seeded_builds_are_identical():
@@ -134,3 +147,139 @@ def test_seeded_builds_are_identical():
 def test_bad_options_name_the_choices(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         get_resnet(**kwargs)
+
+
+class TF1BatchRenorm:
+    """The TF 1.x tf.layers.batch_normalization(renorm=True) training step in float64 numpy (normalization.py:
+    _renorm_correction_and_moments and call), with the seed's clipping, momenta and epsilon 1e-3."""
+
+    def __init__(self, channels, epsilon=1e-3, momentum=0.9, renorm_momentum=0.9, rmin=1 / 3, rmax=3.0, dmax=5.0):
+        self.v = {"gamma": np.ones(channels), "beta": np.zeros(channels), "moving_mean": np.zeros(channels),
+                  "moving_variance": np.ones(channels), "renorm_mean": np.zeros(channels),
+                  "renorm_mean_weight": np.zeros(()), "renorm_stddev": np.zeros(channels),
+                  "renorm_stddev_weight": np.zeros(())}
+        self.eps, self.momentum, self.decay, self.rmin, self.rmax, self.dmax = (epsilon, momentum, renorm_momentum,
+                                                                                rmin, rmax, dmax)
+
+    def train_step(self, x, upstream):
+        """Forward in training mode; returns (output, d loss / d x, d loss / d gamma, d loss / d beta) for the loss
+        sum(output * upstream), then applies TF 1.x's updates of the six statistics."""
+        v, axes = self.v, (0, 1, 2)
+        mean, var = x.mean(axes), x.var(axes)  # biased variance, as tf.nn.moments
+        stddev = np.sqrt(var + self.eps)
+        mixed_mean = v["renorm_mean"] + (1 - v["renorm_mean_weight"]) * mean
+        mixed_stddev = v["renorm_stddev"] + (1 - v["renorm_stddev_weight"]) * stddev
+        r = np.clip(stddev / mixed_stddev, self.rmin, self.rmax)
+        d = np.clip((mean - mixed_mean) / mixed_stddev, -self.dmax, self.dmax)
+        self.corrections = (r, d)
+        xhat = (x - mean) / stddev
+        out = xhat * r * v["gamma"] + d * v["gamma"] + v["beta"]
+        # r and d are constants for the gradient; mean and variance are not.
+        n = x.size // x.shape[-1]
+        g_xhat = upstream * r * v["gamma"]
+        g_x = (n * g_xhat - g_xhat.sum(axes) - xhat * (g_xhat * xhat).sum(axes)) / (n * stddev)
+        g_gamma = (upstream * (xhat * r + d)).sum(axes)
+        g_beta = upstream.sum(axes)
+        for name, value in (("renorm_mean", mean), ("renorm_stddev", stddev)):
+            v[name] = self.decay * v[name] + (1 - self.decay) * value
+            v[name + "_weight"] = self.decay * v[name + "_weight"] + (1 - self.decay)
+        new_mean = v["renorm_mean"] / v["renorm_mean_weight"]
+        new_variance = (v["renorm_stddev"] / v["renorm_stddev_weight"]) ** 2 - self.eps
+        v["moving_mean"] = self.momentum * v["moving_mean"] + (1 - self.momentum) * new_mean
+        v["moving_variance"] = self.momentum * v["moving_variance"] + (1 - self.momentum) * new_variance
+        return out, g_x, g_gamma, g_beta
+
+
+def _drifting_batches(steps=14, channels=5):
+    """Batches whose mean and spread jump once the renorm weights near 1 (12 steps: 0.72), so r and d reach their
+    clips; before, the mixing with the batch value keeps them near 1 and 0."""
+    rng = np.random.default_rng(7)
+    for step in range(steps):
+        jumped = step >= 12  # channel 0 shifts, 1 shrinks, 2 widens; 3 and 4 wander a little
+        scale = np.array([1.0, 0.02 if jumped else 1.0, 50.0 if jumped else 1.0, 1.0, 2.0]) * rng.uniform(0.7, 1.4)
+        shift = np.array([50.0 if jumped else 0.0, 0.0, 0.0, 0.3 * step, -0.2 * step])
+        yield rng.normal(shift, scale, size=(4, 3, 3, channels)), rng.normal(size=(4, 3, 3, channels))
+
+
+def test_batch_renorm_is_the_seed_s_tf1_algorithm():
+    """Outputs, gradients (input, gamma, beta) and all 8 variables over several SGD steps, against float64 numpy."""
+    layer, reference, lr = BatchRenormalization(name="bn0"), TF1BatchRenorm(5), 0.1
+    layer.build((None, 3, 3, 5))
+    assert sorted(v.name for v in layer.weights) == sorted(reference.v)
+    corrections = []
+    for x, upstream in _drifting_batches():
+        expected, g_x, g_gamma, g_beta = reference.train_step(x, upstream)
+        inputs = tf.constant(x, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = layer(inputs, training=True)
+            loss = tf.reduce_sum(out * tf.constant(upstream, tf.float32))
+        grads = tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5 * scale)
+        for actual, wanted in zip(grads, (g_x, g_gamma, g_beta)):
+            np.testing.assert_allclose(actual.numpy(), wanted, rtol=1e-3, atol=1e-5 * np.abs(wanted).max())
+        for name, wanted in reference.v.items():
+            np.testing.assert_allclose(getattr(layer, name).numpy(), wanted, rtol=1e-4, atol=1e-6, err_msg=name)
+        # One SGD step on gamma and beta in both, so later steps use trained values.
+        layer.gamma.assign(layer.gamma.numpy() - lr * g_gamma)
+        layer.beta.assign(layer.beta.numpy() - lr * g_beta)
+        reference.v["gamma"] -= lr * g_gamma
+        reference.v["beta"] -= lr * g_beta
+        corrections.append(reference.corrections)
+    # The drift exercised the corrections: r reached both clips and d its clip, besides unclipped values.
+    r, d = np.stack([c[0] for c in corrections]), np.stack([c[1] for c in corrections])
+    assert np.any(r == 3.0) and np.any(r == 1 / 3) and np.any(np.abs(d) == 5.0)
+    assert np.any((r > 1 / 3) & (r < 3) & (r != 1)) and np.any((np.abs(d) < 5) & (d != 0))
+
+
+def test_batch_renorm_inference_uses_the_moving_statistics_and_updates_nothing():
+    layer, reference = BatchRenormalization(name="bn0"), TF1BatchRenorm(5)
+    layer.build((None, 3, 3, 5))
+    for x, upstream in _drifting_batches(steps=3):
+        layer(tf.constant(x, tf.float32), training=True)
+        reference.train_step(x, upstream)
+    before = {v.name: v.numpy().copy() for v in layer.weights}
+    x = np.random.default_rng(1).normal(size=(2, 3, 3, 5))
+    v = reference.v
+    expected = (x - v["moving_mean"]) / np.sqrt(v["moving_variance"] + 1e-3) * v["gamma"] + v["beta"]
+    np.testing.assert_allclose(layer(tf.constant(x, tf.float32), training=False).numpy(), expected,
+                               rtol=1e-4, atol=1e-4)
+    for variable in layer.weights:
+        np.testing.assert_array_equal(variable.numpy(), before[variable.name])
+
+
+SYNCHRONIZED = """
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {repo!r})
+from nets.norms import BatchRenormalization
+
+x = np.random.default_rng(0).normal(3.0, 2.0, (8, 2, 2, 4)).astype("float32")
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    layer = BatchRenormalization(synchronized=True)
+    layer.build((None, 2, 2, 4))
+batches = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(8))
+for _ in range(2):
+    for batch in batches:
+        strategy.run(tf.function(lambda b: layer(b, training=True)), (batch,))
+single = BatchRenormalization()
+single.build((None, 2, 2, 4))
+for _ in range(2):
+    single(x, training=True)
+for a, b in zip(layer.weights, single.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
+print("replicas", strategy.num_replicas_in_sync)
+"""
+
+
+def test_synchronized_batch_renorm_uses_the_global_batch():
+    """Two CPU replicas of 4 images each update the statistics as one device with the 8 images does."""
+    result = subprocess.run([sys.executable, "-c", SYNCHRONIZED.format(repo=str(REPO))], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2" in result.stdout

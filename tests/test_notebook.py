@@ -1,14 +1,18 @@
 """Runs notebooks/InsightFace_TF_colab.ipynb top to bottom in TINY mode with nbclient, as CI does, so it cannot rot.
 
-The kernel is this interpreter (a kernelspec written into tmp_path), so a fresh `make setup` is all it needs; the
+The kernel is this interpreter (a kernelspec written into tmp_path), so a fresh `make setup-test` is all it needs; the
 notebook's parameters cell is replaced (the papermill convention: the cell tagged "parameters") to skip the install
-and the Drive mount, shrink the job and write into tmp_path.
+and the Drive mount, shrink the job and write into tmp_path. The install cell is run on its own, with `%pip` replaced
+by a recorder (nothing is downloaded) and, to stand for Colab's other TensorFlow, a shadowing tensorflow 0.0 dist-info.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import shlex
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -19,6 +23,8 @@ from ipykernel.kernelspec import write_kernel_spec
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, DeadKernelError
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "InsightFace_TF_colab.ipynb"
@@ -46,26 +52,34 @@ def this_python_kernel(tmp_path: Path) -> AsyncKernelManager:
     return AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=specs)
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[nbformat.NotebookNode, Path]:
-    """The notebook after a TINY run (outputs in the returned folder)."""
-    tmp_path = tmp_path_factory.mktemp("notebook")
+def execute(notebook: nbformat.NotebookNode, tmp_path: Path) -> None:
+    """Runs `notebook` in place on this interpreter's kernel, started in tmp_path (outside the repository, as on
+    Colab); what ran, outputs included, is kept in tmp_path/executed.ipynb for a look after a failure."""
     monkeypatch = pytest.MonkeyPatch()
     # Connection files and the IPython profile go to tmp_path, not to the user's home.
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    output_dir = tmp_path / "output"
-    parameters_cell(notebook).source = "\n".join(f"{name} = {value!r}"
-                                                 for name, value in ci_parameters(output_dir).items())
-    # The kernel starts outside the repository, as on Colab: the notebook's set-up cell must move there itself.
     client = NotebookClient(notebook, km=this_python_kernel(tmp_path), timeout=600,
                             resources={"metadata": {"path": str(tmp_path)}})
     try:
         client.execute()
     finally:
         monkeypatch.undo()
-        nbformat.write(notebook, tmp_path / "executed.ipynb")  # what ran, outputs included, for a look after a failure
+        nbformat.write(notebook, tmp_path / "executed.ipynb")
+
+
+def assignments(parameters: dict[str, object]) -> str:
+    return "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[nbformat.NotebookNode, Path]:
+    """The notebook after a TINY run (outputs in the returned folder)."""
+    tmp_path = tmp_path_factory.mktemp("notebook")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    output_dir = tmp_path / "output"
+    parameters_cell(notebook).source = assignments(ci_parameters(output_dir))
+    execute(notebook, tmp_path)
     return notebook, output_dir
 
 
@@ -131,3 +145,116 @@ def test_export_wrote_a_checked_keras_file(executed):
     assert entry["format"] == "keras"
     assert zipfile.is_zipfile(entry["path"])  # the .keras format is a zip archive
     assert entry["max_relative_difference"] <= entry["tolerance"]
+
+
+def test_training_is_the_demos_job(executed):
+    # TINY shrinks the sizes and steps only: the network, the loss and its learning rates are demo.py's.
+    import demo
+
+    _, output_dir = executed
+    trained = json.loads((output_dir / "run" / "ckpt" / "args.json").read_text())
+    job = ("net_depth", "loss", "lr_values", "seed")
+    assert {name: trained[name] for name in job} == {name: getattr(demo.Args(), name) for name in job}
+    assert trained["lr_steps_scaled"] is False  # as demo.py: plain step numbers
+
+
+# --- the install cell, run on its own -------------------------------------------------------------------------------
+
+# Runs before the install cell: `%pip` only records its line (and, if it "installs", removes the stand-in for Colab's
+# TensorFlow); the stand-in is a tensorflow 0.0 dist-info put first on sys.path, so the pinned one looks missing.
+RECORDING_PIP = '''
+import pathlib, shutil, sys
+
+if pathlib.Path({shadow!r}).exists():
+    sys.path.insert(0, {shadow!r})
+
+
+def recording_pip(line):
+    with open({pip_log!r}, "a") as log:
+        log.write(line + "\\n")
+    if {pip_installs!r}:
+        shutil.rmtree({shadow!r}, ignore_errors=True)
+
+
+get_ipython().register_magic_function(recording_pip, "line", "pip")
+'''
+ALIVE = "'the kernel went on'"
+# What the notebook must leave alone on Colab: the test tools and the Jupyter stack of Colab's runtime.
+NOT_FOR_COLAB = {"pytest", "nbclient", "nbformat", "ipykernel", "ipython", "jupyter-client", "tornado", "notebook"}
+
+
+def run_install_cell(tmp_path: Path, colab_tensorflow: bool, pip_installs: bool) -> nbformat.NotebookNode:
+    """parameters (RUN_INSTALL, the checkout as REPO_DIR), the recording %pip, the install cell, then one more cell."""
+    shadow = tmp_path / "colab_site"
+    if colab_tensorflow:
+        (shadow / "tensorflow-0.0.dist-info").mkdir(parents=True)
+        (shadow / "tensorflow-0.0.dist-info" / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: tensorflow\nVersion: 0.0\n")
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    parameters = ci_parameters(tmp_path / "output") | {"RUN_INSTALL": True}
+    cells = [nbformat.v4.new_code_cell(assignments(parameters)),
+             nbformat.v4.new_code_cell(RECORDING_PIP.format(shadow=str(shadow), pip_log=str(tmp_path / "pip.log"),
+                                                            pip_installs=pip_installs)),
+             next(cell for cell in stored.cells if cell.get("id") == "install"),
+             nbformat.v4.new_code_cell(ALIVE)]
+    return nbformat.v4.new_notebook(cells=cells, metadata=stored.metadata)
+
+
+def pip_lines(tmp_path: Path) -> list[list[str]]:
+    log = tmp_path / "pip.log"
+    return [shlex.split(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def requirement_names(path: Path) -> set[str]:
+    """Every package a requirements file names, through its `-r` includes."""
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r"):
+            names |= requirement_names(path.parent / line[2:].strip())
+        elif line:
+            names.add(Requirement(line).name.lower())
+    return names
+
+
+def pinned_tensorflow() -> str:
+    (pin,) = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("tensorflow==")]
+    return pin
+
+
+def cell_text(cell: nbformat.NotebookNode) -> str:
+    return "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
+
+
+def test_install_cell_with_the_pins_met_installs_nothing_and_goes_on(tmp_path):
+    notebook = run_install_cell(tmp_path, colab_tensorflow=False, pip_installs=False)
+    execute(notebook, tmp_path)  # raises on an error in any cell
+    assert pip_lines(tmp_path) == []
+    assert "nothing to do" in cell_text(notebook.cells[2])
+    assert notebook.cells[3].outputs[0]["data"]["text/plain"] == ALIVE
+
+
+def test_install_cell_installs_the_runtime_only_then_ends_the_kernel(tmp_path):
+    notebook = run_install_cell(tmp_path, colab_tensorflow=True, pip_installs=True)
+    with pytest.raises(DeadKernelError):
+        execute(notebook, tmp_path)
+    (command,) = pip_lines(tmp_path)
+    assert command == ["install", "-q", "-r", str(REPO / "requirements.txt")]
+    assert requirement_names(REPO / "requirements.txt") & NOT_FOR_COLAB == set()
+    assert pinned_tensorflow() in cell_text(notebook.cells[2])  # says what it installs for, and why it restarts
+    assert "run all cells again" in cell_text(notebook.cells[2])
+    assert notebook.cells[3].execution_count is None  # Run all stopped at the restart
+
+
+def test_install_cell_stops_with_what_pip_left_unmet_instead_of_restarting(tmp_path):
+    notebook = run_install_cell(tmp_path, colab_tensorflow=True, pip_installs=False)
+    with pytest.raises(CellExecutionError, match="still not installed after pip install") as error:
+        execute(notebook, tmp_path)
+    assert pinned_tensorflow() in str(error.value)
+    assert len(pip_lines(tmp_path)) == 1
+    assert notebook.cells[3].execution_count is None
+
+
+def test_the_install_cell_logs_with_config_py_which_needs_only_the_standard_library():
+    # The install cell imports config.py before anything is installed; -S: no site-packages, the standard library only.
+    subprocess.run([sys.executable, "-S", "-c", "import config; config.setup_logging()"], cwd=REPO, check=True)

@@ -135,10 +135,10 @@ def test_a_missing_pairs_file_or_folder_is_named(tmp_path):
 
 
 def test_header_count_mismatch_repeats_and_self_pairs_are_reported(tmp_path, caplog):
-    (tmp_path / "pairs.txt").write_text("10\t300\nAnn\t1\t2\nAnn\t2\t1\nAnn\t3\t3\n")
+    (tmp_path / "pairs.txt").write_text("2\t300\nAnn\t1\t2\nAnn\t2\t1\nAnn\t3\t3\n")
     with caplog.at_level(logging.WARNING):
         read_pairs(tmp_path / "pairs.txt")
-    assert "= 6000 pairs, the file holds 3" in caplog.text
+    assert "= 1200 pairs, the file holds 3" in caplog.text
     assert "line 3 repeats line 2" in caplog.text
     assert "1 pairs compare an image with itself (lines [4])" in caplog.text
 
@@ -168,6 +168,14 @@ def test_writer_refuses_what_the_format_cannot_carry(tmp_path, pairs, message):
     with pytest.raises(ValueError, match=message):
         write_pairs(tmp_path / "pairs.txt", pairs, num_folds=1, pairs_per_fold=1)
     assert not (tmp_path / "pairs.txt").exists()
+
+
+def test_all_digit_names_are_written_and_read_back_as_names(tmp_path):
+    # Identity names are never read as numbers; only image fields are (CASIA-WebFace folders are 0000045, ...).
+    pairs = [Pair("0000045", "001.jpg", "0000045", "002.jpg"), Pair("0000045", "001.jpg", "00001", "003.jpg"),
+             Pair("00001", 1, "00001", 2), Pair("7", 3, "00001", 4)]
+    path = write_pairs(tmp_path / "pairs.txt", pairs, num_folds=2, pairs_per_fold=1)
+    assert read_pairs(path).pairs == pairs
 
 
 def test_writer_refuses_repeated_pairs(tmp_path):
@@ -221,3 +229,94 @@ def test_make_bin_jpeg_output_is_readable_by_the_bin_loader(tmp_path):
     assert images.shape == (4, 16, 16, 3) and issame.tolist() == [True, False]
     for image, k in zip(images, [0, 1, 0, 2]):
         assert np.mean(np.abs(image.astype(int) - stored[k].astype(int))) < 3  # JPEG at quality 100
+
+
+# --- Hostile pairs files: one line naming file:line, never a read outside the dataset folder -----------------------
+
+
+@pytest.mark.parametrize("line", [
+    "..\t1\t2",  # the folder above the dataset, as an identity
+    "Ann\t../../secret/s.png\t1",  # climbs out of the identity folder
+    "Ann\t1\tsecret\t..\\..\\secret\\s.png",  # the same with Windows separators
+    "Ann\t{outside}\tBob\t1",  # an absolute path as a file name
+    "{outside_folder}\t1\t2",  # an absolute path as an identity
+    "Ann\tC:\\secret\\s.png\t1",  # a Windows drive
+])
+def test_a_pairs_file_never_reads_outside_its_dataset_folder(tmp_path, line):
+    """Every path in these lines names a real image outside data/: before the check, they resolved and were read."""
+    outside = tmp_path / "secret" / "s.png"
+    write_image(outside, seed=9)
+    write_image(tmp_path / "secret" / "secret_0001.jpg", seed=8)
+    write_image(tmp_path / "secret" / "secret_0002.jpg", seed=7)
+    for name, number in (("Ann", 1), ("Ann", 2), ("Bob", 1)):
+        write_image(tmp_path / "data" / "sub" / name / f"{name}_{number:04d}.jpg", seed=number)
+    path = tmp_path / "pairs.txt"
+    path.write_text(line.format(outside=outside, outside_folder=tmp_path / "secret") + "\n")
+    with pytest.raises(ValueError) as error:
+        resolve_pair_paths(read_pairs(path).pairs, tmp_path / "data" / "sub", skip_missing=True)
+    assert str(error.value).startswith(f"{path}:1: ") and "outside the dataset folder" in str(error.value)
+
+
+def test_pairs_built_in_code_are_held_to_the_dataset_folder_too(tmp_path):
+    write_image(tmp_path / "secret" / "s.png", seed=1)
+    write_image(tmp_path / "data" / "Ann" / "a.png", seed=2)
+    with pytest.raises(ValueError, match="outside the dataset folder"):
+        resolve_pair_paths([Pair("Ann", "a.png", "Ann", "../../secret/s.png")], tmp_path / "data")
+    with pytest.raises(ValueError, match="outside the dataset folder"):
+        write_pairs(tmp_path / "pairs.txt", [Pair("..", "a.png", "..", "b.png"), Pair("A", "a.png", "B", "b.png")],
+                    num_folds=1, pairs_per_fold=1)
+
+
+HOSTILE_PAIRS_FILES = {  # content -> what the one-line error says
+    "empty": (b"", "no pairs found"),
+    "blank lines only": (b"\n \n\t\n", "no pairs found"),
+    "binary junk": (bytes(range(256)) * 8, ":2: not UTF-8 text"),
+    "NUL bytes": (b"Ann\x001\x002\n", ":1: expected 3 fields"),
+    "Latin-1 name": (b"Ann\t1\t2\nAndr\xe9\t1\t2\n", ":2: not UTF-8 text (byte 0xe9)"),
+    "header: more folds than pairs": (b"10\t300\nAnn\t1\t2\nAnn\t1\tBob\t1\n", ":1: the header announces 10 folds"),
+    "header: 10^20 folds": (b"99999999999999999999\t1\nAnn\t1\t2\n", ":1: the header announces 99999999999999999999"),
+    "five fields": (b"Ann\t1\tBob\t2\textra\n", ":1: expected 3 fields"),
+    "one identity twice in a mismatched line": (b"Ann\t1\tAnn\t2\n", ":1: a mismatched"),
+    "empty field": (b"Ann\t\t2\n", ":1: empty field"),
+}
+
+
+@pytest.mark.parametrize("content, message", HOSTILE_PAIRS_FILES.values(), ids=HOSTILE_PAIRS_FILES.keys())
+def test_a_hostile_pairs_file_ends_in_one_line_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "pairs.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        read_pairs(path)
+    text = str(error.value)
+    assert text.startswith(str(path)) and message in text and "\n" not in text, text
+
+
+def test_a_header_with_more_folds_than_the_readable_pairs_names_the_file(tmp_path):
+    """Skipping missing images can leave fewer pairs than the header's folds: one line, not a KFold error."""
+    from eval.sets import load_pairs_set
+
+    for name, number in (("Ann", 1), ("Ann", 2)):
+        write_image(tmp_path / "data" / name / f"{name}_{number:04d}.jpg", seed=number)
+    path = tmp_path / "pairs.txt"
+    path.write_text("2\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\n")
+    with pytest.raises(ValueError, match=r"pairs.txt: its header announces 2 folds, but only 1 pairs"):
+        load_pairs_set(tmp_path / "data", path, image_size=(12, 10), skip_missing=True)
+
+
+def test_a_failed_write_keeps_the_earlier_pairs_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "pairs.txt"
+    path.write_text("the user's file\n")
+    pairs = [Pair("Ann", "a.png", "Ann", "b.png"), Pair("Ann", "a.png", "Bob", "c.png")]
+
+    def disk_full(self, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(path), "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_pairs(path, pairs, num_folds=1, pairs_per_fold=1)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="not UTF-8"):  # a name from undecodable file-name bytes
+        write_pairs(path, [Pair("Andr\udce9", "a.png", "Andr\udce9", "b.png"), pairs[1]], num_folds=1,
+                    pairs_per_fold=1)
+    assert path.read_text() == "the user's file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.txt"]

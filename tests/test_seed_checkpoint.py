@@ -254,3 +254,37 @@ def test_restore_class_weights_into_a_matching_head():
     before = other.embedding_weights.numpy()
     assert not seed_checkpoint.restore_class_weights(other, weights)
     np.testing.assert_array_equal(other.embedding_weights.numpy(), before)
+
+
+# TensorLayer 1.7's variable names (seed-behaviour.md 2.1), by Keras layer type and variable name.
+TL_NAMES = {"Conv2D": {"kernel": "W_conv2d"}, "Dense": {"kernel": "W", "bias": "b"}, "PReLU": {"alpha": "alphas"},
+            "BatchNormalization": {n: n for n in BN_VARIABLES},
+            "FrozenGammaBatchNormalization": {n: n for n in BN_VARIABLES}}
+
+
+@pytest.mark.slow
+def test_training_fine_tunes_from_the_wide_100_layer_checkpoint(tmp_path):
+    """Models B-C: the 4x-wide 100-layer net under the seed's scope resnet_v1_101 (215 M weights at 32x32), restored
+    into the network train_nets builds for net_depth=100, net_width=4 (named resnet_v1_100)."""
+    import train_nets
+    from training.build import build_embedding_model, build_head
+    from training.checkpoints import restore_for_fine_tuning
+
+    shapes = seed_variable_shapes("resnet_v1_101", UNITS[100], width=4, image_size=32, num_classes=5)
+    values = random_values(shapes, np.random.default_rng(3))
+    prefix = str(tmp_path / "InsightFace_iter_best_1000.ckpt")
+    write_tf1_checkpoint(prefix, values)
+
+    args = train_nets.Args(net_depth=100, net_width=4, image_size=[32, 32])
+    model, head = build_embedding_model(args), build_head(args, 5)
+    head.build((None, 512))
+    restore_for_fine_tuning(model, head, prefix, with_head=True)
+    restored = {}
+    for layer in model.layers:
+        for variable in layer.weights:
+            leaf = TL_NAMES[type(layer).__name__][variable.name]
+            restored[f"resnet_v1_101/{layer.name.replace('.', '/')}/{leaf}"] = variable.numpy()
+    assert restored.keys() == values.keys() - {"arcface_loss/embedding_weights"}
+    for name, value in restored.items():  # PReLU alphas are (1, 1, C) in Keras, (C,) in the seed
+        np.testing.assert_array_equal(value.reshape(values[name].shape), values[name], err_msg=name)
+    np.testing.assert_array_equal(head.embedding_weights.numpy(), values["arcface_loss/embedding_weights"])

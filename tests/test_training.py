@@ -41,8 +41,10 @@ def _out_args(tmp_path: Path) -> list[str]:
     return [f"--ckpt_path={tmp_path}/ckpt", f"--summary_path={tmp_path}/summary", f"--log_file_path={tmp_path}/logs"]
 
 
-def _run_script(script: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _run_script(script: str, argv: list[str], env: dict[str, str] | None = None,
+                **kwargs) -> subprocess.CompletedProcess:
+    """Runs a script as a user does; `env` adds environment variables."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / script), *argv], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600, **kwargs)
 
@@ -74,6 +76,31 @@ def test_lr_boundaries_follow_the_seed_without_its_double_step():
         piecewise_schedule([0.1, 0.01, 0.001], [20, 10])
     constant = piecewise_schedule([0.02], [])
     assert float(constant(0)) == pytest.approx(0.02) and float(constant(10**7)) == pytest.approx(0.02)
+
+
+def _seed_learning_rate(update: int, lr_values: list[float], boundaries: list[int]) -> float:
+    """The seed's tf.train.piecewise_constant at its global_step, which was 2 x the update count (2 per iteration)."""
+    global_step = 2 * update
+    return lr_values[sum(global_step > boundary for boundary in boundaries)]
+
+
+def test_lr_steps_as_seed_ran_drop_where_the_seed_runs_dropped(faces, tmp_path, caplog):
+    values = [0.001, 0.0005, 0.0003, 0.0001]
+    for lr_steps, batch_size, scaled in [([40000, 60000, 80000], 32, True), ([5, 9, 14], 8, False)]:
+        seed_boundaries = [step * (int(512 / batch_size) if scaled else 1) for step in lr_steps]
+        schedule = piecewise_schedule(values, lr_boundaries(lr_steps, batch_size, scaled, as_seed_ran=True))
+        near = sorted({b // 2 + d for b in seed_boundaries for d in range(-3, 4)} | set(range(16)))
+        for update in near:
+            expected = _seed_learning_rate(update, values, seed_boundaries)
+            assert float(schedule(update)) == pytest.approx(expected), update
+    assert lr_boundaries([40000, 60000, 80000], 32, True, as_seed_ran=True) == [320000, 480000, 640000]
+    # The real train() builds its schedule from these boundaries.
+    args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=1", "--ckpt_interval=0",
+                                     "--lr_steps=[4,8,12]", "--lr_steps_scaled=false", "--lr_steps_as_seed_ran=true",
+                                     *_out_args(tmp_path)])
+    with caplog.at_level("INFO"):
+        train_nets.train(args)
+    assert "with boundaries [2, 4, 6]" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- one step
@@ -198,14 +225,6 @@ def test_run_checkpoints_args_and_fine_tuning(faces, tmp_path):
     np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(), conv1)
 
 
-def test_nan_loss_stops_with_step_and_last_checkpoint(faces, tmp_path):
-    args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=30", "--loss=softmax",
-                                     "--lr_values=[1e30,1e30,1e30,1e30]", "--ckpt_interval=1",
-                                     *_out_args(tmp_path)])
-    with pytest.raises(FloatingPointError, match=r"at step \d+; last good checkpoint: .*InsightFace_iter-\d+"):
-        train_nets.train(args)
-
-
 def test_resume_after_sigkill_continues_at_the_checkpoint(faces, tmp_path):
     common = [*TINY, f"--train_dataset_dir={faces}", "--ckpt_interval=3"]
     reference = _run_script("train_nets.py", [*common, "--max_steps=12", *_out_args(tmp_path / "ref")])
@@ -299,7 +318,7 @@ def _free_ports(count: int) -> list[int]:
 def test_two_workers_end_with_identical_weights(faces, tmp_path):
     """Group norm keeps no per-worker statistics, so every saved value must agree exactly across the workers.
 
-    (With batch norm, each worker's moving statistics come from its own share of the batch, as in the seed's towers.)
+    (With batch norm, each worker keeps its own moving statistics, updated from its own share of the batch.)
     """
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
@@ -380,13 +399,13 @@ def test_fine_tuning_from_a_seed_tf1_checkpoint(faces, tmp_path):
     prefix = str(tmp_path / "seed" / "InsightFace_iter_best_1000.ckpt")
     write_tf1_checkpoint(prefix, values)
     args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=1", "--dropout_rate=0",
-                                     f"--restore_path={prefix}", "--lr_values=[0,0,0,0]", "--weight_decay=0",
-                                     *_out_args(tmp_path / "run")])
+                                     f"--restore_path={prefix}", "--lr_values=[1e-30]", "--lr_steps=[]",
+                                     "--weight_decay=0", *_out_args(tmp_path / "run")])
     summary = train_nets.train(args)
     saved = _saved_values(summary["checkpoint"])
     (conv1,) = [value for name, value in saved.items()
                 if value.shape == (3, 3, 3, 64) and name.startswith("optimizer/_trainable_variables/")]
-    # Learning rate 0: the stem kernel is still the seed's.
+    # Learning rate 1e-30 (Args require > 0): every update is below float32 resolution, the stem kernel is the seed's.
     np.testing.assert_array_equal(conv1, values["resnet_v1_18/conv1/W_conv2d"])
     with pytest.raises(ValueError, match="class weights"):
         train_nets.train(train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=1",
@@ -418,3 +437,75 @@ def test_xla_step_gives_the_same_update():
         weights.append([v.numpy() for v in model.weights + head.weights])
     for plain, compiled in zip(*weights):
         np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- re-runs into a run
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_every_args_field_is_classified_for_resume():
+    import train_nets_mgpu_new
+    from training.checkpoints import ADJUSTABLE_FIELDS, RUN_FIELDS
+
+    assert not RUN_FIELDS & ADJUSTABLE_FIELDS
+    fields = set(train_nets.Args.fields()) | set(train_nets_mgpu_new.Args.fields())
+    assert fields == RUN_FIELDS | ADJUSTABLE_FIELDS, "classify every Args field in training/checkpoints.py"
+
+
+def _tiny_run(faces: Path, out: Path, *extra: str) -> list[str]:
+    """The command line of a tiny run into `out`; runs it once in-process and returns the command line."""
+    argv = [*TINY, f"--train_dataset_dir={faces}", "--max_steps=2", "--ckpt_interval=0", *_out_args(out), *extra]
+    train_nets.train(train_nets.Args.from_cli(argv))
+    return argv
+
+
+@pytest.mark.slow
+def test_rerun_with_another_network_refuses_on_the_command_line(faces, tmp_path):
+    argv = _tiny_run(faces, tmp_path)
+    before = _files(tmp_path / "ckpt")
+    assert {"args.json", "classes.txt", "checkpoint", "InsightFace_iter-2.index"} <= before.keys()
+    refused = _run_script("train_nets.py", [*argv, "--net_depth=34", "--seed=5"])
+    assert refused.returncode != 0
+    (message,) = [line for line in refused.stderr.splitlines() if "holds a run with another network" in line]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "net_depth: 18 in" in message and "34 now" in message and "seed: 313 in" in message and "5 now" in message
+    assert "new ckpt_path" in message and "--net_depth=18 --seed=313" in message
+    assert _files(tmp_path / "ckpt") == before
+
+
+def test_rerun_keeps_the_run_and_resumes_with_a_new_schedule(faces, tmp_path, caplog):
+    argv = _tiny_run(faces, tmp_path)
+    ckpt = tmp_path / "ckpt"
+    before = _files(ckpt)
+    with pytest.raises(ValueError) as error:
+        train_nets.train(train_nets.Args.from_cli([*argv, "--net_depth=34", "--image_size=[16,16]"]))
+    assert "net_depth: 18 in" in str(error.value) and "image_size: [32, 32] in" in str(error.value)
+    assert "--net_depth=18 --image_size=[32,32]" in str(error.value)
+    assert _files(ckpt) == before
+
+    # A schedule change resumes at the saved step, is logged, and is recorded in args.json.
+    with caplog.at_level("INFO"):
+        summary = train_nets.train(train_nets.Args.from_cli([*argv, "--max_steps=3",
+                                                             "--lr_values=[0.02,0.01,0.005,0.001]"]))
+    assert f"resumed from {ckpt / 'InsightFace_iter-2'} at step 2" in caplog.text
+    assert "resuming with max_steps changed: 2 in" in caplog.text and "lr_values changed" in caplog.text
+    saved = json.loads((ckpt / "args.json").read_text())
+    assert summary["step"] == 3 and saved["max_steps"] == 3 and saved["net_depth"] == 18
+    assert (ckpt / "classes.txt").read_bytes() == before["classes.txt"]
+
+
+def test_rerun_with_other_classes_refuses_and_keeps_the_run(tmp_path):
+    data = tmp_path / "faces"
+    synthetic.generate(data, num_identities=4, images_per_identity=4, seed=0, image_size=32)
+    args = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={data}", "--max_steps=1", "--ckpt_interval=0",
+                                     *_out_args(tmp_path)])
+    train_nets.train(args)
+    before = _files(tmp_path / "ckpt")
+    first, second = sorted(p for p in data.iterdir() if p.is_dir())[:2]
+    first.rename(first.with_name("zz_" + first.name))  # the same images under another class list
+    with pytest.raises(ValueError, match=rf"classes.txt lists 4 classes, the training data has 4; the first "
+                                         rf"difference is at line 1: '{first.name}' in the run, '{second.name}' "
+                                         rf"now\. A run cannot change its classes: give a new ckpt_path"):
+        train_nets.train(args)
+    assert _files(tmp_path / "ckpt") == before

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from scipy.interpolate import interp1d
+from scipy.interpolate import BSpline, interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import auc as sklearn_auc
 from sklearn.model_selection import KFold
@@ -41,17 +42,21 @@ def _reference_val_far(threshold, dist, actual_issame):
     return val, far
 
 
-def _first_threshold_of_each_far(far_train, thresholds):
-    """Keeps the first (smallest) threshold of each run of equal FAR values (a no-op where FAR strictly increases)."""
-    kept_far, kept_thresholds = [far_train[0]], [thresholds[0]]
-    for far, threshold in zip(far_train[1:], thresholds[1:]):
-        if far != kept_far[-1]:
-            kept_far.append(far)
-            kept_thresholds.append(threshold)
-    return np.array(kept_far), np.array(kept_thresholds)
+def seed_era_slinear(far_train, thresholds, far_target):
+    """interp1d(far_train, thresholds, kind="slinear")(far_target) as SciPy <= 1.8 computed it: a stable (mergesort)
+    sort of x, then make_interp_spline(x, y, k=1)'s special case, knots r_[x[0], x, x[-1]] and coefficients y, i.e. a
+    degree-1 B-spline whose repeated knots are kept (current make_interp_spline refuses them, BSpline does not)."""
+    order = np.argsort(far_train, kind="mergesort")
+    x, y = np.asarray(far_train, float)[order], np.asarray(thresholds, float)[order]
+    return float(BSpline(np.r_[x[0], x, x[-1]], y, 1, extrapolate=False)(far_target))
 
 
-def reference_evaluate(embeddings, actual_issame, nrof_folds=10, collapse_far_runs=True):
+def current_interp1d(far_train, thresholds, far_target):
+    """Today's interp1d: valid only where FAR strictly increases."""
+    return float(interp1d(far_train, thresholds, kind="slinear")(far_target))
+
+
+def reference_evaluate(embeddings, actual_issame, nrof_folds=10, interpolate=seed_era_slinear):
     """The seed's evaluate(): returns tpr, fpr, accuracy, val, val_std, far, best thresholds and VAL thresholds."""
     actual_issame = np.asarray(actual_issame)
     embeddings1, embeddings2 = embeddings[0::2], embeddings[1::2]
@@ -85,8 +90,7 @@ def reference_evaluate(embeddings, actual_issame, nrof_folds=10, collapse_far_ru
         for threshold_idx, threshold in enumerate(thresholds):
             _, far_train[threshold_idx] = _reference_val_far(threshold, dist[train_set], actual_issame[train_set])
         if np.max(far_train) >= 1e-3:
-            x, y = _first_threshold_of_each_far(far_train, thresholds) if collapse_far_runs else (far_train, thresholds)
-            threshold = interp1d(x, y, kind="slinear")(1e-3)
+            threshold = interpolate(far_train, thresholds, 1e-3)
         else:
             threshold = 0.0
         val[fold_idx], far[fold_idx] = _reference_val_far(threshold, dist[test_set], actual_issame[test_set])
@@ -160,15 +164,66 @@ def test_float32_embeddings_match_the_reference_computed_in_float32():
 
 def test_val_threshold_equals_the_seeds_interp1d_where_far_strictly_increases():
     # One mismatched pair in the middle of every 0.001 step, in two different folds, so every training FAR
-    # strictly increases over the 4,000 thresholds and the seed's un-collapsed interp1d(kind="slinear") applies.
+    # strictly increases over the 4,000 thresholds and today's interp1d(kind="slinear") applies unchanged.
     steps = (np.arange(4000) + 0.5) * 0.001
     rng = np.random.default_rng(0)
     per_fold = [np.concatenate([steps[f::5], rng.uniform(0, 0.5, 40)]) for f in range(5)] * 2
     labels = [np.r_[np.zeros(800, bool), np.ones(40, bool)] for _ in range(10)]
     distances, issame = np.concatenate(per_fold), np.concatenate(labels)
     embeddings = embeddings_at_distances(distances)
-    result = assert_matches_reference(embeddings, issame, collapse_far_runs=False)
+    result = assert_matches_reference(embeddings, issame, interpolate=current_interp1d)
     assert np.all(result.val_thresholds > 0)
+
+
+def test_seed_era_emulation_on_a_hand_computed_case():
+    # FAR 0, 0, 5e-4, 5e-4, 2e-3 at thresholds 0 .. 0.4: 1e-3 lies between the LAST threshold of the 5e-4 run (0.3)
+    # and the first of the next run (0.4), a third of the way: 0.3 + 0.1 * (5e-4 / 1.5e-3).
+    far = np.array([0.0, 0.0, 5e-4, 5e-4, 2e-3])
+    assert seed_era_slinear(far, np.arange(5) * 0.1, 1e-3) == pytest.approx(0.3 + 0.1 / 3, abs=1e-12)
+    # Exactly on a run: its last threshold.
+    assert seed_era_slinear(far, np.arange(5) * 0.1, 5e-4) == pytest.approx(0.3, abs=1e-12)
+
+
+def tie_heavy_far(rng, num_thresholds, num_negatives, step_probability):
+    """A non-decreasing training FAR: k / num_negatives with k growing by 0 or 1 (mostly 0) per threshold."""
+    counts = np.cumsum(rng.random(num_thresholds) < step_probability)
+    return np.minimum(counts, num_negatives) / num_negatives
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_val_threshold_equals_the_seed_era_slinear_on_tie_heavy_far(seed):
+    rng = np.random.default_rng(seed)
+    num_negatives = int(rng.choice([1000, 2000, 2700, 5400, 12345]))  # 1000, 2000: FAR hits 1e-3 exactly
+    far = tie_heavy_far(rng, 4000, num_negatives, step_probability=float(rng.choice([0.002, 0.01, 0.2, 0.9])))
+    thresholds = verification.VAL_THRESHOLDS
+    expected = seed_era_slinear(far, thresholds, 1e-3) if far.max() >= 1e-3 else 0.0
+    assert verification._threshold_at_far(far, thresholds, 1e-3) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("num_pairs, levels, seed", [(600, 40, 0), (600, 400, 1), (6000, 400, 2), (6000, 4000, 3),
+                                                     (1003, 25, 4)])
+def test_val_at_far_matches_the_seed_era_protocol_on_tied_distances(num_pairs, levels, seed):
+    # Distances rounded to `levels` values: many pairs share a distance, so the training FAR has long equal runs.
+    embeddings, issame = noisy_pairs(num_pairs, noise=0.9, seed=seed)
+    distances = np.round(np.sum((embeddings[0::2] - embeddings[1::2]) ** 2, 1) * levels / 4) * 4 / levels
+    result = assert_matches_reference(embeddings_at_distances(distances), issame)
+    assert np.all(result.val_thresholds > 0)
+
+
+def test_val_at_far_unmeasurable_with_too_few_mismatched_pairs_is_flagged(caplog):
+    # 600 pairs, 300 mismatched: 270 in the training folds of each fold, fewer than the 1,000 that FAR 1e-3 needs.
+    embeddings, issame = noisy_pairs(600, noise=0.9, seed=11, issame=np.arange(600) % 2 == 0)
+    with caplog.at_level(logging.WARNING, logger=verification.__name__):
+        result = verify(embeddings, issame)
+    assert not result.val_measurable and result.val_negatives_needed == 1000
+    np.testing.assert_array_equal(result.val_training_negatives, np.full(10, 270))
+    assert "VAL@FAR=0.001 cannot be measured" in caplog.text and "270 mismatched pairs" in caplog.text
+    caplog.clear()
+    # 20,000 pairs: 9,000 mismatched pairs in each fold's training folds, enough; no warning.
+    embeddings, issame = noisy_pairs(20000, noise=0.9, seed=12, issame=np.arange(20000) % 2 == 0)
+    with caplog.at_level(logging.WARNING, logger=verification.__name__):
+        assert verify(embeddings, issame).val_measurable
+    assert "cannot be measured" not in caplog.text
 
 
 def test_single_class_folds_follow_the_guarded_reference_and_warn(caplog):
@@ -422,3 +477,70 @@ def test_report_files_are_strict_json_and_pictures(identity_folder, tmp_path):
         assert picture is not None and picture.shape[0] > 200 and picture.shape[1] > 400
     two_curves = plot_roc(tmp_path / "out" / "both.png", [report, dict(report, name="again")])
     assert cv2.imread(str(two_curves)) is not None
+
+
+def test_report_gives_thresholds_as_cosines_of_the_compared_embeddings(identity_folder):
+    from eval.sets import load_pairs_set, run_verification
+
+    data_dir, pairs_path, _, _ = identity_folder
+    vset = load_pairs_set(data_dir, pairs_path, image_size=(10, 8), name="tiny")
+    embed_fn = projection_embed_fn((10, 8, 3), dim=8, seed=5)
+    report = run_verification(embed_fn, vset, batch_size=5, channel_order="BGR")
+    embeddings, _ = reference_embeddings(embed_fn, vset.images, "BGR", "sum")
+    cosines = np.einsum("ij,ij->i", embeddings[0::2], embeddings[1::2])  # dot products of the flip-summed rows
+    fold_of_pair = np.repeat([0, 1], 12)
+    threshold_cosine = np.asarray(report["best_thresholds_cosine"])[fold_of_pair]
+    # "same" by distance < threshold is "same" by cosine > the cosine threshold, pair by pair.
+    np.testing.assert_array_equal(cosines > threshold_cosine,
+                                  np.asarray(report["distances"]) < np.asarray(report["best_thresholds"])[fold_of_pair])
+    for entry in report["hardest_false_matches"] + report["hardest_false_non_matches"]:
+        assert entry["cosine"] == pytest.approx(cosines[entry["pair"]], abs=1e-12)
+        assert entry["threshold_cosine"] == pytest.approx(threshold_cosine[entry["pair"]], abs=1e-12)
+    np.testing.assert_allclose(report["roc"]["thresholds_cosine"], 1 - np.arange(0, 4, 0.01) / 2, atol=1e-12)
+    np.testing.assert_allclose(report["val_thresholds_cosine"], 1 - np.asarray(report["val_thresholds"]) / 2,
+                               atol=1e-12)
+    # 12 mismatched pairs: 6 per training set, far fewer than the 1,000 VAL@FAR=1e-3 needs.
+    assert report["val_measurable"] is False and report["val_training_negatives"] == [6, 6]
+
+
+def drawn_hardest_pairs(monkeypatch, tmp_path, vset, report):
+    """The figure plot_hardest_pairs saves: [(image array, title)] of every axes showing an image."""
+    from eval import report as report_module
+
+    saved = []
+    original = report_module._save
+    monkeypatch.setattr(report_module, "_save", lambda figure, path: saved.append(figure) or original(figure, path))
+    report_module.plot_hardest_pairs(tmp_path / "hardest.png", vset, report)
+    return [(axes.images[0].get_array(), axes.get_title()) for axes in saved[0].axes if axes.images]
+
+
+def test_hardest_pairs_picture_shows_every_listed_pair_with_its_files(identity_folder, tmp_path, monkeypatch):
+    from eval.sets import HARDEST_LISTED, load_pairs_set, run_verification
+
+    data_dir, pairs_path, _, _ = identity_folder
+    vset = load_pairs_set(data_dir, pairs_path, image_size=(10, 8), name="tiny")
+    report = run_verification(projection_embed_fn((10, 8, 3), dim=8), vset, batch_size=8)
+    entries = report["hardest_false_matches"] + report["hardest_false_non_matches"]
+    assert len(entries) == 2 * HARDEST_LISTED
+    drawn = drawn_hardest_pairs(monkeypatch, tmp_path, vset, report)
+    assert len(drawn) == len(entries)
+    for (image, title), entry in zip(drawn, entries):
+        k = entry["pair"]
+        np.testing.assert_array_equal(image, np.hstack([vset.images[2 * k], vset.images[2 * k + 1]]))
+        assert f"d={entry['distance']:.3f}" in title
+        for path in (vset.paths[2 * k], vset.paths[2 * k + 1]):  # identity folder and file name of both images
+            assert f"{Path(path).parent.name}/{Path(path).name}" in title
+
+
+def test_hardest_pairs_picture_of_a_bin_set_names_image_indices(tmp_path, monkeypatch):
+    from eval.sets import VerificationSet, run_verification
+
+    images = np.random.default_rng(6).integers(0, 256, (48, 6, 5, 3), dtype=np.uint8)
+    vset = VerificationSet("binset", images, np.arange(24) % 2 == 0)
+    report = run_verification(projection_embed_fn((6, 5, 3), dim=8), vset, batch_size=16, nrof_folds=2)
+    drawn = drawn_hardest_pairs(monkeypatch, tmp_path, vset, report)
+    entries = report["hardest_false_matches"] + report["hardest_false_non_matches"]
+    assert len(drawn) == len(entries) == 20
+    for (_, title), entry in zip(drawn, entries):
+        k = entry["pair"]
+        assert f"image {2 * k}\n" in title and title.endswith(f"image {2 * k + 1}")

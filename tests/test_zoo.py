@@ -9,6 +9,8 @@ ResNet v1 (the seed's) does not have, so those biases are subtracted.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -145,3 +147,47 @@ def test_seed_wide_files_build_the_seed_scopes():
     assert model_c.get_layer("block4.unit_3.bottleneck_v1.conv2").kernel.shape == (3, 3, 512, 2048)
     model_a = group_norm.get_resnet(50, image_size=32)
     assert model_a.name == "resnet_v1_50" and model_a.get_layer("group_norm_0").groups == 32
+
+
+# ------------------------------------------------------------------------------------------------ training's options
+# The smallest backbone of each builder in the registry; every registry name is built by one of them.
+OPTION_CASES = ["resnet18_ir", "resnet50_v1", "vgg16", "mobilefacenet"]
+
+
+def _builder_function(name: str):
+    from nets.registry import BACKBONES
+
+    builder = BACKBONES[name]
+    return builder.func if isinstance(builder, functools.partial) else builder
+
+
+def test_the_option_cases_cover_every_registry_builder():
+    assert {_builder_function(name) for name in backbone_names()} == {_builder_function(n) for n in OPTION_CASES}
+
+
+@pytest.mark.parametrize("name", OPTION_CASES)
+def test_backbone_honours_the_training_norm_sync_bn_and_seed(name):
+    """train_nets' --backbone gets Args.norm, sync_bn and seed: group norm everywhere, synchronised batch norm,
+    the same weights for the same seed and other weights for another."""
+    import train_nets
+    from training.build import build_embedding_model
+
+    def build(global_seed: int, **fields) -> keras.Model:
+        keras.utils.set_random_seed(global_seed)  # a seeded build must not depend on the global RNG
+        return build_embedding_model(train_nets.Args(backbone=name, image_size=[32, 32], **fields))
+
+    def norm_layers(model: keras.Model, kind: type) -> list:
+        return [layer for layer in model.layers if isinstance(layer, kind)]
+
+    group = build(0, norm="gn", seed=1)
+    assert norm_layers(group, keras.layers.GroupNormalization)
+    assert not norm_layers(group, keras.layers.BatchNormalization)
+    synced = build(0, sync_bn=True, seed=1)
+    assert norm_layers(synced, keras.layers.BatchNormalization)
+    assert all(layer.synchronized for layer in norm_layers(synced, keras.layers.BatchNormalization))
+
+    same, other = build(5, norm="gn", seed=1), build(0, norm="gn", seed=2)
+    for a, b, c in zip(group.weights, same.weights, other.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+        if a.path.endswith("kernel"):
+            assert np.all(a.numpy() != c.numpy()), f"{a.path} is the same for seeds 1 and 2"

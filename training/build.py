@@ -15,7 +15,8 @@ def build_embedding_model(args) -> keras.Model:
         from nets import get_backbone
 
         return get_backbone(args.backbone, image_size=image_size, dropout_rate=args.dropout_rate,
-                            embedding_size=args.embedding_size)
+                            embedding_size=args.embedding_size, norm=args.norm, synchronized_bn=args.sync_bn,
+                            seed=args.seed)
     return get_resnet(args.net_depth, type=args.unit_type, norm=args.norm, width=args.net_width,
                       image_size=image_size, dropout_rate=args.dropout_rate, embedding_size=args.embedding_size,
                       synchronized_bn=args.sync_bn, seed=args.seed)

@@ -9,10 +9,17 @@ import keras
 DECAYED_SUFFIXES = ("/kernel", "/embedding_weights", "/gamma", "/alpha")
 
 
-def lr_boundaries(lr_steps: list[int], batch_size: int, scale_by_batch: bool) -> list[int]:
-    """The seed's boundaries: lr_steps x int(512 / batch_size) when `scale_by_batch`, else lr_steps as given."""
+def lr_boundaries(lr_steps: list[int], batch_size: int, scale_by_batch: bool,
+                  as_seed_ran: bool = False) -> list[int]:
+    """The boundaries b of the piecewise schedule, read at the update count t (0 for the first update).
+
+    The seed's are lr_steps x int(512 / batch_size) when `scale_by_batch`, else lr_steps as given. Its
+    tf.train.piecewise_constant kept values[i] while global_step <= b, and its global_step was 2t at update t (two
+    increments per iteration), so its runs really dropped once t > b // 2: `as_seed_ran` gives those boundaries.
+    """
     factor = max(1, int(512 / batch_size)) if scale_by_batch else 1
-    return [int(step) * factor for step in lr_steps]
+    boundaries = [int(step) * factor for step in lr_steps]
+    return [boundary // 2 for boundary in boundaries] if as_seed_ran else boundaries
 
 
 def piecewise_schedule(lr_values: list[float], boundaries: list[int]) -> keras.optimizers.schedules.LearningRateSchedule:

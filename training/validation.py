@@ -32,14 +32,11 @@ def embedding_function(model: keras.Model):
     return lambda batch: infer(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
 
-def validate(args, step: int, model: keras.Model, sets: list) -> dict[str, float]:
-    """Runs the 10-fold protocol on every set; returns {set name: mean accuracy}."""
+def validate(args, step: int, model: keras.Model, sets: list) -> dict[str, dict]:
+    """Runs the 10-fold protocol on every set; returns {set name: its report (eval.sets.result_report)}."""
     from eval.sets import run_verification
 
     embed = embedding_function(model)
-    accuracies = {}
-    for vset in sets:
-        report = run_verification(embed, vset, batch_size=args.batch_size, channel_order=args.channel_order,
-                                  step=step)
-        accuracies[vset.name] = report["accuracy_mean"]
-    return accuracies
+    return {vset.name: run_verification(embed, vset, batch_size=args.batch_size, channel_order=args.channel_order,
+                                        step=step)
+            for vset in sets}

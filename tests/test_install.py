@@ -1,0 +1,49 @@
+"""The install: requirements.txt is the runtime, requirements-test.txt adds the test tools, and the Makefile's
+`make demo` installs the first while `make test` (what CI and the README's second command run) installs both."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_TOOLS = {"pytest", "nbclient", "nbformat", "ipykernel"}  # what tests/ imports beyond what the code does
+
+
+def requirement_lines(path: Path) -> list[str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+def names(lines: list[str]) -> set[str]:
+    return {Requirement(line).name.lower() for line in lines if not line.startswith("-")}
+
+
+def test_the_runtime_is_pinned_exactly_and_holds_no_test_tool():
+    runtime = [Requirement(line) for line in requirement_lines(REPO / "requirements.txt")]
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in runtime)
+    assert {r.name.lower() for r in runtime} & TEST_TOOLS == set()
+
+
+def test_the_test_requirements_are_the_runtime_plus_the_test_tools():
+    lines = requirement_lines(REPO / "requirements-test.txt")
+    assert "-r requirements.txt" in lines
+    assert names(lines) == TEST_TOOLS
+
+
+def pip_installs(target: str, tmp_path: Path) -> list[list[str]]:
+    """The `pip install` commands that `make <target>` would run on a fresh machine (a dry run, into a new venv)."""
+    dry_run = subprocess.run(f"make -n {target} VENV={shlex.quote(str(tmp_path / 'venv'))} PYTHON={sys.executable}",
+                             shell=True, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    commands = [shlex.split(line) for line in dry_run.splitlines()]
+    return [words[2:] for words in commands if words[0].endswith("/pip") and words[1] == "install" and "-r" in words]
+
+
+def test_make_demo_installs_the_runtime_and_make_test_the_test_tools_too(tmp_path):
+    assert pip_installs("demo", tmp_path) == [["--quiet", "-r", "requirements.txt"]]
+    assert pip_installs("test", tmp_path) == [["--quiet", "-r", "requirements.txt"],
+                                              ["--quiet", "-r", "requirements-test.txt"]]
