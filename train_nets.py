@@ -169,7 +169,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     total_steps = args.epoch * steps_per_epoch
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
-    resume = _find_resume_point(args, ckpt_dir, total_steps)
+    resume = _find_resume_point(args, ckpt_dir)
     validation_sets = validation.load_validation_sets(args)
     log.info("training data %s: %d images of %d classes (%s), %d steps per epoch, %d replica(s)",
              args.train_dataset_dir, data.num_images, num_classes, data.format, steps_per_epoch, replicas)
@@ -262,17 +262,15 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
             "best_accuracy": float(progress.best_accuracy), "best_checkpoint": best_manager.latest_checkpoint}
 
 
-def _find_resume_point(args: Args, ckpt_dir: Path, total_steps: int) -> checkpoints.ResumePoint:
+def _find_resume_point(args: Args, ckpt_dir: Path) -> checkpoints.ResumePoint:
     """The checkpoint to resume from, found from the files (training.checkpoints.find_resume_point), after removing
-    the temp folders of interrupted saves; ValueError when this run would save over a checkpoint it cannot read."""
+    the temp folders of interrupted saves; newer checkpoints that cannot be read back are set aside, kept."""
     from training import checkpoints
 
     checkpoints.clean_temp_folders(ckpt_dir, checkpoints.CHECKPOINT_NAME)
     checkpoints.clean_temp_folders(ckpt_dir / checkpoints.BEST_DIR, checkpoints.BEST_CHECKPOINT_NAME)
     resume = checkpoints.find_resume_point(ckpt_dir)
-    saves = [step for step in resume.unreadable if resume.step < step <= total_steps
-             and (step == total_steps or (args.ckpt_interval and step % args.ckpt_interval == 0))]
-    checkpoints.refuse_overwrites(resume, ckpt_dir, saves)
+    checkpoints.set_aside_unreadable(resume, ckpt_dir)
     checkpoints.repair_state_file(resume, ckpt_dir, args.saver_maxkeep)
     return resume
 

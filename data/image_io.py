@@ -4,15 +4,18 @@ sets, alignment, .bin packing, export calibration) decodes through `decode_rgb`.
 All give 3-channel RGB: grey is replicated and the alpha channel of RGBA is dropped, as the seed's
 `decode_*(channels=3)` did. A JPEG's EXIF orientation is applied (a phone photo stored sideways comes out upright).
 
-Hostile input is refused before OpenCV decodes it: the dimensions are read from the JPEG/PNG/BMP header, and an image
-of more than `MAX_IMAGE_PIXELS` pixels (a decompression bomb: a 1 MB PNG can declare 10^9 pixels) raises
-`ImageDecodeError`, as does every other decode failure (empty, truncated, corrupt, another format), naming the file.
+Hostile input is refused before OpenCV decodes it: the dimensions are read from the header (JPEG, PNG and BMP here;
+WebP, TIFF and the other formats by PIL, which reads headers lazily), and an image of more than `MAX_IMAGE_PIXELS`
+pixels (a decompression bomb: a 1 MB PNG can declare 10^9 pixels) raises `ImageDecodeError`, as does every other
+decode failure (empty, truncated, corrupt, not an image), naming the file.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import cv2
@@ -104,9 +107,10 @@ def _jpeg_header(data: memoryview) -> tuple[int, int, int]:
 
 
 def image_header(encoded: bytes | bytearray | memoryview) -> tuple[str, int, int, int]:
-    """(format, width, height, EXIF orientation 1..8) of JPEG/PNG/BMP bytes, read from the header only.
+    """(format, width, height, EXIF orientation 1..8) of encoded image bytes, read from the header only: JPEG, PNG
+    and BMP by this module, other formats (WebP, TIFF, ...) by PIL.
 
-    Raises ValueError when the bytes are not one of these formats or the header is truncated.
+    Raises ValueError when the bytes are no image format known to PIL or the header is truncated.
     """
     data = memoryview(encoded).cast("B")
     if bytes(data[:2]) == b"\xff\xd8":
@@ -117,7 +121,23 @@ def image_header(encoded: bytes | bytearray | memoryview) -> tuple[str, int, int
         return ("BMP", *_bmp_size(data), 1)
     if len(data) == 0:
         raise ValueError("empty (0 bytes)")
-    raise ValueError(f"not a JPEG, PNG or BMP image (starts with {bytes(data[:8])!r})")
+    return _other_format_header(data)
+
+
+def _other_format_header(data: memoryview) -> tuple[str, int, int, int]:
+    """(format, width, height, 1) of another format OpenCV decodes (WebP, TIFF, ...), from PIL's lazy header read:
+    `Image.open` parses the header and decodes no pixel."""
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is applied by the caller
+        try:
+            with Image.open(io.BytesIO(bytes(data))) as image:
+                return (str(image.format), *image.size, 1)
+        except Image.DecompressionBombError as err:
+            raise ValueError(f"the header declares too many pixels (a decompression bomb?): {err}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            raise ValueError(f"not an image format OpenCV reads (starts with {bytes(data[:8])!r})") from None
 
 
 def check_header(encoded: bytes | bytearray | memoryview, source: str = "<bytes>",
@@ -153,7 +173,7 @@ def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def decode_rgb(encoded: bytes, source: str = "<bytes>", max_pixels: int | None = None) -> np.ndarray:
-    """Decodes JPEG/PNG/BMP bytes to RGB uint8 [H, W, 3], EXIF orientation applied.
+    """Decodes encoded image bytes to RGB uint8 [H, W, 3], EXIF orientation applied (JPEG).
 
     Raises ImageDecodeError (a ValueError) naming `source` when they are not a decodable image or declare more than
     `max_pixels` (default: MAX_IMAGE_PIXELS) pixels; the size is checked before anything is decoded.
@@ -178,7 +198,7 @@ def decode_rgb(encoded: bytes, source: str = "<bytes>", max_pixels: int | None =
 
 
 def decode_to_size(encoded: bytes, source: str, image_size: tuple[int, int] | None) -> np.ndarray:
-    """Decodes JPEG/PNG/BMP bytes to RGB uint8 [H, W, 3], resized (bilinear) to `image_size` = (height, width) when
+    """Decodes encoded image bytes to RGB uint8 [H, W, 3], resized (bilinear) to `image_size` = (height, width) when
     given and different; ImageDecodeError naming `source` when undecodable (see `decode_rgb`)."""
     image = decode_rgb(encoded, source)
     if image_size is not None and image.shape[:2] != tuple(image_size):

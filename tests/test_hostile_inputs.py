@@ -94,6 +94,33 @@ def test_empty_and_oversized_files_raise_our_error_naming_the_file(tmp_path):
         read_rgb(tmp_path / "huge_header.png")
 
 
+def webp_declaring(width: int, height: int) -> bytes:
+    """A lossless WebP (VP8L) header declaring width x height, with no pixel data behind it."""
+    bits = (width - 1) | (height - 1) << 14
+    chunk = b"VP8L" + struct.pack("<I", 5) + b"\x2f" + struct.pack("<I", bits) + b"\x00"
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".tiff"])
+def test_other_formats_opencv_reads_decode_and_keep_the_pixel_limit(suffix):
+    """WebP and TIFF photos (an aligner's input) decode as PIL decodes them; their header size is checked too."""
+    picture = asymmetric_image(40, 50)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format=suffix[1:].upper(), lossless=True)
+    reference = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    np.testing.assert_array_equal(decode_rgb(buffer.getvalue(), f"photo{suffix}"), reference)
+    with pytest.raises(ImageDecodeError, match=rf"photo{suffix}: the header declares 50x40 = 2,000 pixels"):
+        decode_rgb(buffer.getvalue(), f"photo{suffix}", max_pixels=1999)
+
+
+def test_a_webp_header_declaring_a_bomb_is_refused_before_it_is_decoded():
+    # 121 megapixels: over our limit, under PIL's own bomb limit (~179 megapixels); 256 megapixels: over both.
+    with pytest.raises(ImageDecodeError, match="bomb.webp: the header declares 11000x11000"):
+        decode_rgb(webp_declaring(11_000, 11_000), "bomb.webp")
+    with pytest.raises(ImageDecodeError, match="bomb.webp: .*decompression bomb"):
+        decode_rgb(webp_declaring(16_000, 16_000), "bomb.webp")
+
+
 def test_a_decompression_bomb_is_refused_before_it_is_decoded():
     bomb = png_bomb(10_050)  # 101 megapixels in ~100 kB: over the default limit of 100 megapixels
     assert len(bomb) < 200_000 and 10_050 ** 2 > image_io.MAX_IMAGE_PIXELS

@@ -98,28 +98,40 @@ def test_an_unreadable_latest_checkpoint_falls_back_and_is_kept(faces, trained_r
     else:
         _truncate(ckpt / "InsightFace_iter-4.index", 0)
     before = _stats(ckpt)
-    # ckpt_interval=3: this run saves at 3 and 5, never over the damaged step 4.
+    # ckpt_interval=3: this run saves at 3 and 5, never at the damaged step 4.
     with caplog.at_level("INFO"):
         summary = _train(faces, run, "--max_steps=5", "--ckpt_interval=3")
     assert f"resumed from {ckpt / 'InsightFace_iter-2'} at step 2" in caplog.text
-    assert "InsightFace_iter-4 cannot be read back" in caplog.text
+    assert "moved the unreadable checkpoint InsightFace_iter-4" in caplog.text
     assert summary["step"] == 5 and summary["checkpoint"] == str(ckpt / "InsightFace_iter-5")
+    _assert_set_aside_unchanged(before, ckpt, step=4)
+
+
+def _assert_set_aside_unchanged(before: dict, ckpt: Path, step: int) -> None:
+    """The files of checkpoint `step` are in unreadable/ as they were (same inode, mtime, size); the rest in place."""
+    moved = {name: stat for name, stat in before.items() if name.startswith(f"{checkpoints.CHECKPOINT_NAME}-{step}.")}
+    assert moved and _stats(ckpt / "unreadable" / f"{checkpoints.CHECKPOINT_NAME}-{step}") == moved
     after = _stats(ckpt)
-    assert {name: after.get(name) for name in before} == before
+    assert {name: after.get(name) for name in before if name not in moved} == {
+        name: stat for name, stat in before.items() if name not in moved}
 
 
-def test_a_save_over_an_unreadable_checkpoint_is_refused_on_the_command_line(faces, trained_run, tmp_path):
+def test_a_run_that_saves_the_step_of_an_unreadable_checkpoint_sets_it_aside_first(faces, trained_run, tmp_path):
+    """A save killed half-way leaves a checkpoint that the resumed run saves again: it is moved aside, never
+    written over, and the run goes on (command line)."""
     run = _copy_run(trained_run, tmp_path)
     ckpt = run / "ckpt"
     (data_file,) = ckpt.glob("InsightFace_iter-4.data-*")
+    damaged = data_file.read_bytes()[:1000]
     _truncate(data_file, 1000)
-    before = {path.name: path.read_bytes() for path in ckpt.iterdir() if path.is_file()}
+    before = _stats(ckpt)
     result = _run_script("train_nets.py", [*TINY, f"--train_dataset_dir={faces}", "--max_steps=4", "--ckpt_interval=2",
                                            *_out_args(run)])
-    line = _one_error_line(result)
-    assert f"save step 4 over {ckpt / 'InsightFace_iter-4.data-00000-of-00001'}" in line
-    assert "move those files away" in line and str(ckpt / "InsightFace_iter-2") in line
-    assert {path.name: path.read_bytes() for path in ckpt.iterdir() if path.is_file()} == before
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {ckpt / 'InsightFace_iter-2'} at step 2" in result.stderr
+    _assert_set_aside_unchanged(before, ckpt, step=4)
+    assert (ckpt / "unreadable" / "InsightFace_iter-4" / data_file.name).read_bytes() == damaged
+    assert checkpoints.unreadable_reason(ckpt / "InsightFace_iter-4") is None  # saved again, whole
 
 
 @pytest.mark.parametrize("damage", ["truncated data", "empty index", "missing data"])

@@ -5,7 +5,8 @@ by a `tf.train.CheckpointManager` (network, head, optimizer, step, data position
 checkpoint plus `best/embedding.keras`, the embedding network alone. TensorFlow writes the checkpoint files first and
 then atomically replaces the `checkpoint` state file, so a crash during a save leaves the previous checkpoint as the
 latest one. A resume does not trust that state file alone: it takes the newest checkpoint whose files all read back
-(`find_resume_point`), and a run never writes over checkpoint files it did not make (`save_checkpoint`).
+(`find_resume_point`); newer ones that do not read back are moved into `unreadable/` (`set_aside_unreadable`), and a
+run never writes over checkpoint files it did not make (`save_checkpoint`).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def clean_temp_folders(ckpt_dir: str | Path, name: str = CHECKPOINT_NAME) -> lis
 def find_resume_point(ckpt_dir: str | Path) -> ResumePoint:
     """The newest checkpoint of ckpt_dir whose files read back, whatever the `checkpoint` state file says.
 
-    Reads only: newer unreadable ones are logged, and kept (never deleted or written over).
+    Reads only: the newer unreadable ones are listed in `unreadable` (see `set_aside_unreadable`).
     """
     point = ResumePoint()
     for step in sorted(checkpoint_files(ckpt_dir), reverse=True):
@@ -137,8 +138,6 @@ def find_resume_point(ckpt_dir: str | Path) -> ResumePoint:
             point.latest = str(Path(ckpt_dir) / f"{CHECKPOINT_NAME}-{step}")
             break
         point.unreadable[step] = reason
-        log.warning("checkpoint %s-%d cannot be read back (%s): it is kept, and not resumed from", CHECKPOINT_NAME,
-                    step, reason)
     return point
 
 
@@ -178,14 +177,35 @@ def _recorded_latest(ckpt_dir: str | Path) -> str | None:
     return state.model_checkpoint_path if state else None
 
 
-def refuse_overwrites(point: ResumePoint, ckpt_dir: str | Path, save_steps: list[int]) -> None:
-    """ValueError, before anything is trained, when a save of this run would write over an unreadable checkpoint."""
-    for step in save_steps:
-        if step in point.unreadable:
-            files = ", ".join(str(path) for path in checkpoint_files(ckpt_dir)[step])
-            raise ValueError(f"this run would save step {step} over {files}, which cannot be read back "
-                             f"({point.unreadable[step]}) and which it will not overwrite: move those files away "
-                             f"(the run then resumes from {point.latest or 'the start'})")
+UNREADABLE_DIR = "unreadable"
+
+
+def set_aside_unreadable(point: ResumePoint, ckpt_dir: str | Path) -> list[Path]:
+    """Moves the files of the unreadable checkpoints newer than `point.latest` (a save killed half-way, a damaged
+    disk) into ckpt_dir/unreadable/<name>-<step>[.k]/, kept as they are: the resumed run will save those steps
+    again and must neither write over them nor lose them. Returns the folders they went to."""
+    moved = []
+    for step in sorted(point.unreadable):
+        files = checkpoint_files(ckpt_dir).get(step, [])
+        if not files:
+            continue
+        target = _free_folder(Path(ckpt_dir) / UNREADABLE_DIR / f"{CHECKPOINT_NAME}-{step}")
+        target.mkdir(parents=True)
+        for path in files:
+            path.rename(target / path.name)
+        log.warning("moved the unreadable checkpoint %s-%d (%s) to %s: kept, and not resumed from",
+                    CHECKPOINT_NAME, step, point.unreadable[step], target)
+        moved.append(target)
+    return moved
+
+
+def _free_folder(folder: Path) -> Path:
+    """`folder`, or `folder.1`, `folder.2`... the first that does not exist."""
+    candidate, count = folder, 0
+    while candidate.exists():
+        count += 1
+        candidate = folder.with_name(f"{folder.name}.{count}")
+    return candidate
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, name: str, step: int, variables: list,
