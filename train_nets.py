@@ -136,7 +136,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     from training import checkpoints, validation
     from training.build import build_embedding_model, build_head
     from training.optim import decayed_variables, lr_boundaries, piecewise_schedule
-    from training.step import make_train_step
+    from training.step import make_train_step, random_state_variables
 
     # --- set-up: seed, replicas, output folders ---
     keras.utils.set_random_seed(args.seed)
@@ -189,7 +189,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     progress = checkpoints.Progress()  # plain host variables, read by the Python loop
     # Keras keeps the dropout RNG state outside the object graph that tf.train.Checkpoint follows: save it
     # explicitly so that a resumed run draws the same masks as an uninterrupted one.
-    random_states = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+    random_states = random_state_variables(model)
     checkpoint = tf.train.Checkpoint(model=model, head=head, optimizer=optimizer, progress=progress,
                                      random_states=random_states)
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=args.saver_maxkeep,

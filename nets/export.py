@@ -139,7 +139,8 @@ def deployment_info(model: keras.Model) -> dict | None:
                          f"{len(networks)}")
     return {"input_size": list(model.input_shape[1:3]), "input": "uint8 RGB",
             "channel_order": "BGR" if PREPROCESS_BGR in names else "RGB",
-            "normalisation": f"(x - {PIXEL_MEAN}) * {PIXEL_SCALE}", "network_input_size": list(networks[0].input_shape[1:3]),
+            "normalisation": f"(x - {PIXEL_MEAN}) * {PIXEL_SCALE}",
+            "network_input_size": list(networks[0].input_shape[1:3]),
             "resize": "bilinear" if PREPROCESS_RESIZE in names else None,
             "output": f"L2-normalised {model.output_shape[-1]}-d embedding", "network": networks[0]}
 

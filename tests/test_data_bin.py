@@ -165,3 +165,39 @@ def test_writer_refuses_what_cannot_be_evaluated(tmp_path, pairs):
     with pytest.raises(ValueError, match="image 1"):
         write_bin(tmp_path / "x.bin", [encoded[0], b"not an image", *encoded[2:]], issame)
     assert not (tmp_path / "x.bin").exists()
+
+
+# --- against mxnet 1.9.1 itself (a side venv: tests/side_venv.py, tests/mxnet_writer.py) ---------------------------
+
+@pytest.fixture(scope="module")
+def mxnet_bin(tmp_path_factory, pairs, mxnet_files) -> dict:
+    """mx.bin / mx_protocol2.bin written as InsightFace's lfw2pack.py does (grey PNG added), ours.bin written by
+    write_bin, and what mxnet decoded and loaded."""
+    folder = tmp_path_factory.mktemp("mxnet_bin")
+    encoded, issame = pairs
+    grey = np.random.default_rng(3).integers(0, 256, (112, 112), dtype=np.uint8)
+    encoded = [*encoded, encode_png(grey), encode_jpeg(np.dstack([grey] * 3))]
+    issame = [*issame, False]
+    for number, data in enumerate(encoded):
+        (folder / f"image{number}").write_bytes(data)
+    ours = write_bin(folder / "ours" / "ours.bin", encoded, issame)
+    spec = {"images": [str(folder / f"image{number}") for number in range(len(encoded))], "issame": issame,
+            "ours": str(ours)}
+    return {"folder": folder, "encoded": encoded, "issame": issame, **mxnet_files("bin", spec, folder)}
+
+
+def mxnet_pixels(decoded: list) -> np.ndarray:
+    return np.stack([np.frombuffer(pixels, dtype=np.uint8).reshape(shape) for shape, pixels in decoded])
+
+
+@pytest.mark.parametrize("name", ["mx.bin", "mx_protocol2.bin"])
+def test_reads_the_bin_insightface_writes_with_the_pixels_mxnet_decodes(mxnet_bin, name):
+    images, issame = load_bin(mxnet_bin["folder"] / name, image_size=None)
+    assert issame.tolist() == mxnet_bin["issame"]
+    np.testing.assert_array_equal(images, mxnet_pixels(mxnet_bin["decoded"]))
+
+
+def test_insightface_loads_what_write_bin_writes(mxnet_bin):
+    loaded = mxnet_bin["ours"]
+    assert loaded["issame"] == mxnet_bin["issame"]
+    np.testing.assert_array_equal(mxnet_pixels(loaded["decoded"]), mxnet_pixels(mxnet_bin["decoded"]))

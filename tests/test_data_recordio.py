@@ -1,13 +1,16 @@
-"""data.recordio: the pure-Python MXNet RecordIO reader against records written by a minimal writer in this file."""
+"""data.recordio: the pure-Python MXNet RecordIO reader against records written by a minimal writer in this file,
+and against mxnet 1.9.1 itself (writing and reading, in a side venv)."""
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from data.image_io import decode_rgb
 from data.recordio import RecordIOImages, read_recordio, write_recordio
 
 MAGIC = 0xCED7230A
@@ -190,20 +193,91 @@ def test_writer_rejects_interleaved_labels(tmp_path):
         write_recordio(tmp_path / "t.rec", [(0, b"a"), (1, b"b"), (0, b"c")], num_classes=2)
 
 
-def test_cross_check_with_mxnet(tmp_path):
-    mx = pytest.importorskip("mxnet")
-    rec, idx = tmp_path / "mx.rec", tmp_path / "mx.idx"
-    writer = mx.recordio.MXIndexedRecordIO(str(idx), str(rec), "w")
-    samples = [(4, fake_image(8)), (2, MULTIPART_BODY)]
-    for key, (label, body) in enumerate(samples):
-        writer.write_idx(key, mx.recordio.pack(mx.recordio.IRHeader(0, float(label), key, 0), body))
-    writer.close()
-    assert list(read_recordio(rec)) == samples
-    ours = tmp_path / "ours" / "train.rec"
-    write_recordio(ours, [(0, b"abc" + MAGIC_BYTES), (1, fake_image(9))], num_classes=2)
-    reader = mx.recordio.MXIndexedRecordIO(str(ours.with_suffix(".idx")), str(ours), "r")
-    header, body = mx.recordio.unpack(reader.read_idx(1))
-    assert header.label == 0.0 and body == b"abc" + MAGIC_BYTES
+# --- against mxnet 1.9.1 itself (a side venv: tests/side_venv.py, tests/mxnet_writer.py) ---------------------------
+
+def smooth_image(seed: int, height: int, width: int, channels: int) -> np.ndarray:
+    """Blurred noise, so that JPEG keeps some structure to decode."""
+    noise = np.random.default_rng(seed).integers(0, 256, (height // 4 + 1, width // 4 + 1, channels), dtype=np.uint8)
+    image = cv2.resize(noise, (width, height), interpolation=cv2.INTER_LINEAR)
+    return image if channels > 1 else image[:, :, None]
+
+
+def jpeg_with_magic_comment(image: np.ndarray) -> bytes:
+    """A JPEG whose COM segment (ignored by decoders) holds the RecordIO magic at image offsets 8 and 16: 4-aligned
+    in any payload (the IRHeader and label arrays are whole words), so a writer must split the record in 3 parts."""
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    comment = b"xx" + MAGIC_BYTES + b"abcd" + MAGIC_BYTES + b"end."
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
+
+
+def mxnet_samples() -> list[tuple[float | list[float], bytes]]:
+    """(label as mxnet gets it, encoded image), grouped by identity 0, 0, 1, 2, 2: colour and grey JPEG/PNG, one
+    image whose record mxnet splits, one label array (flag 2, InsightFace's pack_label) and odd payload lengths."""
+    return [(0.0, cv2.imencode(".jpg", smooth_image(1, 24, 20, 3))[1].tobytes()),
+            ([0.0, 55.0], jpeg_with_magic_comment(smooth_image(2, 16, 24, 3))),
+            (1.0, cv2.imencode(".png", smooth_image(3, 13, 11, 3))[1].tobytes()),
+            (2.0, cv2.imencode(".png", smooth_image(4, 9, 15, 1))[1].tobytes()),
+            ([2.0, 0.5, 7.0], cv2.imencode(".jpg", smooth_image(5, 17, 17, 1))[1].tobytes())]
+
+
+def _padded_length(length: int) -> int:
+    return length + (-length % 4)
+
+
+def part_flags(rec: Path, offset: int) -> list[int]:
+    """The continuation flags of the record starting at `offset`, read from the framing directly."""
+    data, flags = rec.read_bytes(), []
+    while not flags or flags[-1] not in (0, 3):
+        _, lrecord = struct.unpack_from("<II", data, offset)
+        flags.append(lrecord >> 29)
+        offset += 8 + _padded_length(lrecord & ((1 << 29) - 1))
+    return flags
+
+
+@pytest.fixture(scope="module")
+def mxnet_rec(tmp_path_factory, mxnet_files) -> dict:
+    """mx.rec written by mxnet from mxnet_samples(), ours.rec written by write_recordio, and what mxnet read/decoded."""
+    folder = tmp_path_factory.mktemp("mxnet_rec")
+    samples = mxnet_samples()
+    for number, (_, body) in enumerate(samples):
+        (folder / f"image{number}").write_bytes(body)
+    ours = folder / "ours" / "train.rec"
+    ours_samples = [(0, MULTIPART_BODY), (0, samples[1][1]), (1, b"abc" + MAGIC_BYTES), (2, fake_image(9, 41))]
+    write_recordio(ours, ours_samples, num_classes=3)
+    spec = {"images": [{"file": str(folder / f"image{number}"), "label": label}
+                       for number, (label, _) in enumerate(samples)],
+            "identities": [[1, 3], [3, 4], [4, 6]], "ours": str(ours)}
+    result = mxnet_files("rec", spec, folder)
+    return {"folder": folder, "samples": samples, "ours": ours, "ours_samples": ours_samples, **result}
+
+
+def test_reads_what_mxnet_wrote(mxnet_rec):
+    rec = mxnet_rec["folder"] / "mx.rec"
+    expected = [(int(label[0] if isinstance(label, list) else label), body) for label, body in mxnet_rec["samples"]]
+    assert list(read_recordio(rec)) == expected
+    assert RecordIOImages(rec).num_classes_hint == 3
+    offsets = {int(key): int(offset) for key, offset in
+               (line.split("\t") for line in rec.with_suffix(".idx").read_text().splitlines())}
+    assert part_flags(rec, offsets[2]) == [1, 2, 3]  # mxnet itself split the record holding the magic
+    assert min(offsets, key=offsets.get) == 1  # record 0 written last: the reader goes by key, not by position
+
+
+def test_decodes_the_pixels_mxnet_decodes(mxnet_rec):
+    for number, ((label, body), (shape, pixels)) in enumerate(zip(mxnet_rec["samples"], mxnet_rec["decoded"])):
+        reference = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
+        np.testing.assert_array_equal(decode_rgb(body, f"image {number}"), reference, err_msg=f"image {number}")
+
+
+def test_mxnet_reads_what_we_wrote(mxnet_rec):
+    by_key, samples = mxnet_rec["ours"]["by_key"], mxnet_rec["ours_samples"]
+    end_image, end_identity = len(samples) + 1, len(samples) + 1 + 3
+    assert by_key[0][:2] == (2, [end_image, end_identity])
+    for key, (label, body) in enumerate(samples, start=1):
+        flag, labels, _, _, mx_body = by_key[key]
+        assert (flag, labels, mx_body) == (0, [float(label)], body), f"record {key}"
+    assert [by_key[key][1] for key in range(end_image, end_identity)] == [[1, 3], [3, 4], [4, 5]]
+    assert sorted(by_key) == list(range(end_identity))
+    assert mxnet_rec["ours"]["sequential_count"] == end_identity  # no stray framing between the records
 
 
 def test_index_lacking_announced_images_is_an_error(insightface_rec):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -166,6 +167,33 @@ def test_one_step_matches_an_independent_loss_and_sgd_update():
                                    rtol=1e-4, atol=1e-6)
 
 
+def test_train_applies_the_second_learning_rate_after_the_boundary(faces, tmp_path):
+    """lr_steps=[2] (unscaled): the real train() runs updates 0, 1, 2 at lr_values[0] (piecewise_constant keeps a value
+    while the update count <= the boundary) and update 3 at lr_values[1]. Without momentum an update is -lr x gradient,
+    and from equal weights on the same batch the gradient is equal: the 4th update of a run dropping 0.01 -> 0.001 is
+    0.1 x that of a constant-0.01 run, the first three are the same."""
+    common = [*TINY, f"--train_dataset_dir={faces}", "--max_steps=4", "--ckpt_interval=1", "--momentum=0",
+              "--lr_steps_scaled=false"]
+    for name, schedule in [("drop", ["--lr_values=[0.01,0.001]", "--lr_steps=[2]"]),
+                           ("constant", ["--lr_values=[0.01]", "--lr_steps=[]"])]:
+        train_nets.train(train_nets.Args.from_cli([*common, *schedule, *_out_args(tmp_path / name)]))
+
+    def weights(name: str, step: int) -> dict[str, np.ndarray]:
+        values = _saved_values(str(tmp_path / name / "ckpt" / f"InsightFace_iter-{step}"))
+        return {key: value for key, value in values.items() if key.startswith("optimizer/_trainable_variables/")}
+
+    for step in (1, 2, 3):
+        drop, constant = weights("drop", step), weights("constant", step)
+        assert drop.keys() == constant.keys() and drop
+        for key in drop:
+            np.testing.assert_allclose(drop[key], constant[key], rtol=1e-6, atol=1e-8, err_msg=f"{key} at {step}")
+    delta_drop = np.concatenate([(weights("drop", 4)[k] - weights("drop", 3)[k]).ravel() for k in sorted(drop)])
+    delta_constant = np.concatenate([(weights("constant", 4)[k] - weights("constant", 3)[k]).ravel()
+                                     for k in sorted(drop)]).astype(np.float64)
+    ratio = float(np.dot(delta_drop, delta_constant) / np.dot(delta_constant, delta_constant))
+    assert ratio == pytest.approx(0.1, rel=1e-2)
+
+
 def _decayed_tensors(model: keras.Model, head) -> list:
     tensors = [head.embedding_weights]
     for layer in model.layers:
@@ -272,9 +300,9 @@ TWO_REPLICAS = textwrap.dedent("""
     images = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
     labels = rng.integers(0, 6, 8)
 
-    def one_step(strategy):
-        args = train_nets.Args(net_depth=18, image_size=[32, 32], dropout_rate=0.0, batch_size=8, sync_bn=True,
-                               seed=3)
+    def one_step(strategy, dropout_rate=0.0):
+        args = train_nets.Args(net_depth=18, image_size=[32, 32], dropout_rate=dropout_rate, batch_size=8,
+                               sync_bn=True, seed=3, weight_decay=0.0 if dropout_rate else 5e-4)
         with strategy.scope():
             model, head = build_embedding_model(args), build_head(args, 6)
             head.build((None, 512))
@@ -284,14 +312,23 @@ TWO_REPLICAS = textwrap.dedent("""
         batch = tf.data.Dataset.from_tensors((images, labels))
         if strategy.num_replicas_in_sync > 1:
             batch = strategy.experimental_distribute_dataset(batch)
+        start = [v.numpy() for v in model.weights + head.weights]
         metrics = [{{k: float(v) for k, v in step(x, y).items()}} for x, y in batch][0]
-        return metrics, [v.numpy() for v in model.weights + head.weights]
+        return metrics, start, [v.numpy() for v in model.weights + head.weights]
 
-    (m2, w2), (m1, w1) = one_step(strategy), one_step(tf.distribute.get_strategy())
+    (m2, _, w2), (m1, _, w1) = one_step(strategy), one_step(tf.distribute.get_strategy())
     # allclose(rtol=1e-4, atol=1e-5) as one number: <= 1 everywhere means equal within float tolerance.
     worst = max(float(np.max(np.abs(a - b) / (1e-4 * np.abs(b) + 1e-5))) for a, b in zip(w2, w1))
+
+    # Dropout: both replicas see the same 4 images. A row of the dense kernel (one flattened feature) gets no update
+    # only when that feature is dropped in every image of the global batch.
+    images = np.concatenate([images[:4], images[:4]])
+
+    _, start, end = one_step(strategy, dropout_rate=0.5)
+    (dense,) = [i for i, a in enumerate(start) if a.ndim == 2 and a.shape[0] == 2048]  # E_DenseLayer's kernel
+    untouched = int(np.sum(np.all(end[dense] == start[dense], axis=1)))
     print(json.dumps({{"replicas": strategy.num_replicas_in_sync, "loss2": m2["total_loss"],
-                      "loss1": m1["total_loss"], "worst": worst}}))
+                      "loss1": m1["total_loss"], "worst": worst, "untouched_rows": untouched}}))
 """)
 
 
@@ -303,6 +340,9 @@ def test_two_replicas_give_the_full_batch_update():
     assert report["replicas"] == 2
     assert report["loss2"] == pytest.approx(report["loss1"], rel=1e-5)
     assert report["worst"] <= 1.0
+    # Dropout 0.5, 2048 features: with a mask per image, a feature is dropped in all 8 images with p = 1/256
+    # (about 8 rows, sd 2.8); one mask shared by the replicas repeats 4 masks twice: p = 1/16 (about 128 rows, sd 11).
+    assert report["untouched_rows"] < 40, f"the replicas drew one dropout mask: {report}"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -381,13 +421,21 @@ def test_validation_during_training_keeps_the_best_checkpoint_and_export(faces, 
                                      "--validate_interval=2", *_out_args(tmp_path)])
     with caplog.at_level("INFO"):
         summary = train_nets.train(args)
-    assert caplog.text.count("[pairs][2]Accuracy-Flip") == 1 and "[pairs][4]Accuracy-Flip" in caplog.text
-    assert 0.0 <= summary["best_accuracy"] <= 1.0
-    assert summary["best_checkpoint"] is not None
-    best_step = int(summary["best_checkpoint"].rsplit("-", 1)[1])
-    assert best_step in (2, 4)
+    logged = {int(step): float(accuracy) for step, accuracy
+              in re.findall(r"\[pairs\]\[(\d+)\]Accuracy-Flip: ([0-9.]+)\+-", caplog.text)}
+    assert sorted(logged) == [2, 4] and caplog.text.count("[pairs][2]Accuracy-Flip") == 1
+    # The best is the first step of the highest logged accuracy (a tie keeps the earlier checkpoint).
+    expected_step = max(logged, key=lambda step: (logged[step], -step))
+    assert int(summary["best_checkpoint"].rsplit("-", 1)[1]) == expected_step
+    assert summary["best_accuracy"] == pytest.approx(logged[expected_step], abs=1e-5)
     exported = keras.saving.load_model(tmp_path / "ckpt" / "best" / "embedding.keras", compile=False)
     assert exported.output_shape == (None, 512) and "arcface_loss" not in [layer.name for layer in exported.layers]
+    # The export is the best checkpoint's network: a network read from that checkpoint embeds alike.
+    network = build_embedding_model(args)
+    tf.train.Checkpoint(model=network).read(summary["best_checkpoint"]).expect_partial()
+    images = np.random.default_rng(5).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(exported(images, training=False), network(images, training=False),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_fine_tuning_from_a_seed_tf1_checkpoint(faces, tmp_path):

@@ -2,8 +2,9 @@
 
 Each replica computes its loss as (sum of its cross-entropies) / (global batch) + weight decay / replicas, so that the
 gradients, summed over replicas by the optimiser's all-reduce, are those of the mean loss over the global batch plus
-the weight decay once. Gradient accumulation splits each replica's batch into `grad_accum_steps` micro-batches
-whose gradients are summed before the single update.
+the weight decay once. Each replica draws its own dropout masks (see _replica_dropout_forward). Gradient
+accumulation splits each replica's batch into `grad_accum_steps` micro-batches whose gradients are summed before the
+single update.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ def make_train_step(args, strategy: tf.distribute.Strategy, model: keras.Model, 
     decayed = decayed_variables(variables)
     scale_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
+    forward = _replica_dropout_forward(model) if replicas > 1 else lambda images: model(images, training=True)
+
     def micro_step(images: tf.Tensor, labels: tf.Tensor):
         with tf.GradientTape() as tape:
-            embeddings = model(images, training=True)
+            embeddings = forward(images)
             logits = head(embeddings, labels)
             cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             inference_loss = tf.reduce_sum(cross_entropy) / global_batch
@@ -69,3 +72,36 @@ def make_train_step(args, strategy: tf.distribute.Strategy, model: keras.Model, 
         }
 
     return train_step
+
+
+def random_state_variables(model: keras.Model) -> list:
+    """The model's random-generator states (Keras seed generators, e.g. of its dropout layers)."""
+    return [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+
+
+def _replica_dropout_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """model(images, training=True) in which each replica draws other random numbers than the others.
+
+    The seed-generator states are mirrored, so every replica would read the same state and draw one dropout mask for
+    the whole global batch. The forward pass runs in a StatelessScope that gives each replica its state with the
+    replica id folded in; the real states then advance by what the pass drew, equally on every replica, so a resumed
+    run draws what an uninterrupted one does. The scope defers the pass's other assignments (batch-norm statistics):
+    they are applied after it.
+    """
+    states = random_state_variables(model)
+    state_ids = {id(v) for v in states}
+
+    def forward(images: tf.Tensor) -> tf.Tensor:
+        replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+        folded = [tf.cast(tf.random.experimental.stateless_fold_in(v.value, replica_id), v.dtype) for v in states]
+        with keras.StatelessScope(state_mapping=list(zip(states, folded))) as scope:
+            embeddings = model(images, training=True)
+        for variable, start in zip(states, folded):
+            variable.assign(variable.value + (scope.get_current_value(variable) - start))
+        for variable in model.non_trainable_variables:
+            new_value = scope.get_current_value(variable)
+            if id(variable) not in state_ids and new_value is not None:
+                variable.assign(new_value)
+        return embeddings
+
+    return forward
