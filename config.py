@@ -431,14 +431,17 @@ class Config:
         return type(self) is type(other) and self.to_dict() == other.to_dict()
 
 
-def write_replacing(path: str | Path, text: str) -> Path:
-    """Writes UTF-8 `text` to `path` through ``<path>.tmp`` beside it: a failure at any point (a full disk, text that
-    is not UTF-8, Ctrl-C) leaves the earlier file as it was and no temporary file behind."""
+def write_replacing(path: str | Path, content: str | bytes) -> Path:
+    """Writes `content` (text as UTF-8, or bytes) to `path` through ``<path>.tmp`` beside it: a failure at any point (a
+    full disk, text that is not UTF-8, Ctrl-C) leaves the earlier file as it was and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     try:
-        temporary.write_text(text, encoding="utf-8")
+        if isinstance(content, bytes):
+            temporary.write_bytes(content)
+        else:
+            temporary.write_text(content, encoding="utf-8")
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -14,16 +14,18 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import (Choices, Config, ImageSize, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
                     RequiredPath, registered_backbones, run_script)
 import keras
-import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+if TYPE_CHECKING:
+    from training.checkpoints import ResumePoint
 
 log = logging.getLogger("train_nets")
 
@@ -262,7 +264,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
             "best_accuracy": float(progress.best_accuracy), "best_checkpoint": best_manager.latest_checkpoint}
 
 
-def _find_resume_point(args: Args, ckpt_dir: Path) -> checkpoints.ResumePoint:
+def _find_resume_point(args: Args, ckpt_dir: Path) -> ResumePoint:
     """The checkpoint to resume from, found from the files (training.checkpoints.find_resume_point), after removing
     the temp folders of interrupted saves; newer checkpoints that cannot be read back are set aside, kept."""
     from training import checkpoints

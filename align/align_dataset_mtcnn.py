@@ -26,7 +26,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
-from config import Choices, Config, Length, NonNegativeInt, PositiveInt, Range, RequiredPath, run_script  # noqa: E402
+from config import (Choices, Config, Length, NonNegativeInt, PositiveInt, Range, RequiredPath,  # noqa: E402
+                    run_script, write_replacing)
 import logging  # noqa: E402
 import multiprocessing  # noqa: E402
 import random  # noqa: E402
@@ -166,10 +167,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode a PNG of shape {rgb.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(encoded.tobytes())
-    temporary.replace(path)
+    write_replacing(path, encoded.tobytes())
 
 
 def build_detector(args: Args) -> FaceDetector:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Iterator
 
 from config import Config, OptionalPath, PositiveInt, RequiredPath, run_script
 from data.image_folders import FolderImages

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from config import write_replacing
 from data.image_folders import FolderImages, is_utf8
 from data.image_io import decode_to_size
 from data.preprocess import check_channel_order, normalize
@@ -168,13 +169,7 @@ class TrainData:
         if bad is not None:
             raise ValueError(f"{path}: class name {bad!r} is not valid UTF-8 text; rename it in the data set")
         # Through a temporary file: a failed write never leaves a truncated list where a run's list was.
-        temporary = path.with_name(path.name + ".tmp")
-        try:
-            temporary.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-            temporary.replace(path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return path
+        return write_replacing(path, "".join(f"{name}\n" for name in names))
 
     def _check_last_pass(self) -> None:
         """Raises DataUnreadableError when the data was found mostly unreadable, or when the previous `dataset(...)`

@@ -12,6 +12,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from config import write_replacing
+
 if TYPE_CHECKING:  # keeps this module free of the TensorFlow import that embedding needs
     from eval.sets import VerificationSet
 
@@ -35,12 +37,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_json_report(path: str | Path, report: dict[str, Any] | Sequence[dict[str, Any]]) -> Path:
     """Writes one report dict (or a list of them) as strict JSON, replacing the file atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")
-    tmp.replace(path)
-    return path
+    return write_replacing(path, json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")
 
 
 def _save(figure: Figure, path: str | Path) -> Path:

@@ -391,6 +391,8 @@ def export_model(model: keras.Model, output_dir: str | Path, formats: Iterable[s
             destination = output_dir / FORMATS[result.format]
             _replace(Path(result.path), destination)
             result.path = str(destination)
-    (output_dir / REPORT_FILE).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2) + "\n")
-    (output_dir / METADATA_FILE).write_text(json.dumps(_metadata(model), indent=2) + "\n")
+    from eval.report import write_json_report  # strict JSON: a difference that is not finite is written as null
+
+    write_json_report(output_dir / REPORT_FILE, [dataclasses.asdict(r) for r in results])
+    write_json_report(output_dir / METADATA_FILE, _metadata(model))
     return results

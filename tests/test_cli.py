@@ -165,7 +165,7 @@ def test_help_lists_every_field_with_its_type_default_and_comment(script):
         if base in (int, float, bool):
             assert f" {base.__name__} " in row and f" {default} " in row, row
         for rule in _rules(tp):
-            assert f"[allowed: " in row and rule.detail in row, (key, rule.detail, row)
+            assert "[allowed: " in row and rule.detail in row, (key, rule.detail, row)
     assert not ABSL_RECORD.search(result.stderr) and ABSL_BANNER not in result.stderr, result.stderr[-2000:]
 
 

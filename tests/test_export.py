@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from nets import export, get_backbone, get_resnet
+from strict_json import load_strict_json
 
 IMAGE_SIZE = 112
 
@@ -93,7 +94,7 @@ def test_saved_model_and_tflite_run_back_to_keras(network, images, tmp_path):
     reference = seed_convention(network, images)
     assert relative_difference(run_saved_model(tmp_path / "saved_model", images), reference) < 1e-4
     assert relative_difference(run_tflite(tmp_path / "embedding.tflite", images), reference) < 1e-4
-    report = json.loads((tmp_path / export.REPORT_FILE).read_text())
+    report = load_strict_json(tmp_path / export.REPORT_FILE)
     assert [r["format"] for r in report] == ["saved_model", "tflite"] == [r.format for r in results]
     assert all(r["max_relative_difference"] < 1e-4 for r in report)
     # float32 weights stored once (Keras' own SavedModel export stores them twice, keras-team/keras#23553)
@@ -116,6 +117,21 @@ def test_onnx_runs_back_to_keras(network, images, tmp_path, preprocessing):
     export.export_model(model, tmp_path, ["onnx"], inputs)
     reference = model(inputs, training=False).numpy().astype(np.float64)
     assert relative_difference(run_onnx(tmp_path / "embedding.onnx", inputs), reference) < 1e-4
+
+
+@pytest.mark.parametrize("preprocessing", [True, False])
+def test_small_network_onnx_runs_back_to_keras(tmp_path, preprocessing):
+    """The fast-suite ONNX parity (the 112x112 IR-ResNet above is slow): a few-layer network with frozen-gamma BN and
+    non-trivial moving statistics, exported alone or wrapped, run by onnxruntime against the numpy-side reference."""
+    network = _tiny_network(32)
+    images = np.random.default_rng(6).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    floats = ((images[..., ::-1].astype(np.float32) - 127.5) / 128.0)
+    model, inputs = (export.with_preprocessing(network), images) if preprocessing else (network, floats)
+    export.export_model(model, tmp_path, ["onnx"], inputs)
+    reference = seed_convention(network, images) if preprocessing else network(floats).numpy().astype(np.float64)
+    assert relative_difference(run_onnx(tmp_path / "embedding.onnx", inputs), reference) < 1e-5
+    (report,) = load_strict_json(tmp_path / export.REPORT_FILE)
+    assert report["format"] == "onnx" and report["max_relative_difference"] < 1e-5
 
 
 @pytest.mark.slow
@@ -237,7 +253,7 @@ def test_readme_onnx_snippet_runs_on_an_export_that_resizes(tmp_path):
     images = np.random.default_rng(2).integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)
     out = tmp_path / "output" / "export"
     export.export_model(deployed, out, ["onnx"], images)
-    metadata = json.loads((out / export.METADATA_FILE).read_text())
+    metadata = load_strict_json(out / export.METADATA_FILE)
     assert metadata["input_size"] == [48, 40] and metadata["network_input_size"] == [32, 32]
     assert metadata["channel_order"] == "BGR" and metadata["input"] == "uint8 RGB"
 

@@ -1,4 +1,4 @@
-"""Learning, measured (slow): the demo's synthetic identities and the ORL faces, trained on this CPU.
+"""Learning, measured: a fast proof on tiny synthetic identities, then (slow) the demo's and the ORL faces.
 
 Each test reports the untrained baseline beside the trained accuracy: an untrained IR-ResNet already separates faces
 well above chance, so a trained network must beat its own starting point, not 0.5.
@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import demo
@@ -19,6 +20,46 @@ import train_nets
 from training.build import build_embedding_model
 
 log = logging.getLogger(__name__)
+
+
+def _inference_losses(records: list[logging.LogRecord]) -> np.ndarray:
+    """The classification loss of every step logged by train_nets' console line (show_info_interval=1)."""
+    lines = [r for r in records if r.name == "train_nets" and r.msg.startswith("epoch %d, total_step %d")]
+    return np.array([float(r.args[3]) for r in lines])  # args: epoch, step, total loss, inference loss, ...
+
+
+# Measured on this 2-core CPU (shared with other jobs; 30-80 s a run), data/initialisation seeds 0-4 of FAST_LEARNING:
+# held-out accuracy (200 pairs) untrained 0.615/0.695/0.670/0.545/0.550, trained 0.780/0.915/0.825/0.750/0.735,
+# gain 0.165/0.220/0.155/0.205/0.185 (mean 0.186, standard deviation 0.027); classification loss, mean of the first
+# 10 steps -> the last 10: 13.7 -> 7.9, 14.0 -> 5.4, 13.9 -> 4.5, 14.0 -> 4.4, 14.3 -> 5.8 (ratio at most 0.58). One
+# accuracy on 200 pairs has a binomial noise of about sqrt(0.25 / 200) ~ 0.035: the floor of 0.08 is half the
+# smallest measured gain, 3.9 standard deviations of the gain below its mean, and over twice that noise.
+# (32x32 images, 300 pairs: gains 0.22/0.07/0.13 in 2-3 times the time; 16x16 at lr 0.1, 60 steps: one seed of five lost
+# accuracy.)
+FAST_LEARNING = dict(num_train_identities=16, num_eval_identities=10, images_per_identity=8, image_size=16,
+                     batch_size=16, max_steps=80, lr_values=[0.01, 0.001], lr_steps=[64], pairs_per_fold=10)
+FAST_GAIN_FLOOR = 0.08
+FAST_LOSS_RATIO = 0.75  # last-10 mean loss / first-10 mean loss must be below this
+
+
+def test_training_learns_held_out_identities_fast(tmp_path, caplog):
+    """The demo's workflow on tiny settings: the loss falls and held-out verification (10-fold protocol on other
+    identities than trained) beats the same network untrained (same seed, same initial weights)."""
+    args = demo.Args(output_dir=str(tmp_path), seed=0, **FAST_LEARNING)
+    train_dir, eval_dir, pairs = demo.make_data(args, tmp_path / "data")
+    settings = demo.train_args(args, train_dir, tmp_path / "run", args.max_steps)
+    settings.set("show_info_interval", 1)
+    build_embedding_model(settings).save(tmp_path / "untrained.keras")
+    untrained = demo.evaluate(args, str(tmp_path / "untrained.keras"), eval_dir, pairs, tmp_path / "eval0")
+    with caplog.at_level(logging.INFO, logger="train_nets"):
+        summary = train_nets.train(settings)
+    trained = demo.evaluate(args, summary["checkpoint"], eval_dir, pairs, tmp_path / "eval1")
+    losses = _inference_losses(caplog.records)
+    log.info("fast: untrained %.4f, trained %.4f; loss %.3f (first 10 steps) -> %.3f (last 10)",
+             untrained["accuracy_mean"], trained["accuracy_mean"], losses[:10].mean(), losses[-10:].mean())
+    assert summary["step"] == len(losses) == args.max_steps
+    assert losses[-10:].mean() < FAST_LOSS_RATIO * losses[:10].mean()
+    assert trained["accuracy_mean"] >= untrained["accuracy_mean"] + FAST_GAIN_FLOOR
 
 
 @pytest.mark.slow
@@ -70,7 +111,10 @@ def test_orl_training_beats_the_untrained_network(orl_faces, tmp_path):
     assert trained > baseline
 
 
-# Measured on this 2-core CPU: untrained 0.858, trained 0.880 (300 steps); the floor sits between the two.
+# Measured on this 2-core CPU: untrained 0.858, trained 0.880 (300 steps); the floor sits between the two. Not yet a
+# meaningful margin (issue #18): the untrained network at initialisation seeds 0/1/2 scores 0.858/0.830/0.848 on
+# these pairs, a spread as large as the gain, and CosFace at lr [0.01, 0.001] (boundary 250) instead of ArcFace
+# reached only 0.873 (seed 0, 552 s). A recipe that learns ORL clearly within this time is still to be found.
 ORL_FLOOR = 0.87
 
 
