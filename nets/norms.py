@@ -2,7 +2,7 @@
 
 The settings are the seed's: its custom BatchNormLayer (epsilon 2e-5, moving-average decay 0.9, gamma initialised to
 N(1, 0.002)), its GroupNormLayer (32 groups, epsilon 1e-5) and its `tf.layers.batch_normalization(renorm=True)`
-(rmax 3, rmin 1/3, dmax 5, renorm momentum 0.9, momentum 0.9, epsilon 1e-3, gamma initialised to 1 and trainable in
+(rmax 3, rmin 0.3333, dmax 5, renorm momentum 0.9, momentum 0.9, epsilon 1e-3, gamma initialised to 1 and trainable in
 every layer), which BatchRenormalization reproduces.
 
 `standard_layer` turns each of them into a standard Keras layer with the same inference output, so saved models load
@@ -20,7 +20,8 @@ BN_MOMENTUM = 0.9
 GN_GROUPS = 32
 GN_EPSILON = 1e-5
 BRN_EPSILON = 1e-3
-RENORM_CLIPPING = {"rmax": 3.0, "rmin": 1.0 / 3.0, "dmax": 5.0}
+# As the seed wrote them (rmin 0.3333, not 1/3).
+RENORM_CLIPPING = {"rmax": 3.0, "rmin": 0.3333, "dmax": 5.0}
 
 
 def check_norm(norm: str) -> None:

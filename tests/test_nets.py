@@ -128,7 +128,7 @@ def test_width_four_and_group_norm_variants():
     assert "E_BN2" not in [lyr.name for lyr in gn.layers]
     brn = get_resnet(18, norm="brn", image_size=32).get_layer("bn0")
     assert isinstance(brn, BatchRenormalization) and brn.epsilon == pytest.approx(1e-3)
-    assert brn.renorm_clipping == {"rmax": 3.0, "rmin": 1.0 / 3.0, "dmax": 5.0}
+    assert brn.renorm_clipping == {"rmax": 3.0, "rmin": 0.3333, "dmax": 5.0}
     assert brn.momentum == pytest.approx(0.9) and brn.renorm_momentum == pytest.approx(0.9)
 
 
@@ -153,7 +153,7 @@ class TF1BatchRenorm:
     """The TF 1.x tf.layers.batch_normalization(renorm=True) training step in float64 numpy (normalization.py:
     _renorm_correction_and_moments and call), with the seed's clipping, momenta and epsilon 1e-3."""
 
-    def __init__(self, channels, epsilon=1e-3, momentum=0.9, renorm_momentum=0.9, rmin=1 / 3, rmax=3.0, dmax=5.0):
+    def __init__(self, channels, epsilon=1e-3, momentum=0.9, renorm_momentum=0.9, rmin=0.3333, rmax=3.0, dmax=5.0):
         self.v = {"gamma": np.ones(channels), "beta": np.zeros(channels), "moving_mean": np.zeros(channels),
                   "moving_variance": np.ones(channels), "renorm_mean": np.zeros(channels),
                   "renorm_mean_weight": np.zeros(()), "renorm_stddev": np.zeros(channels),
@@ -229,8 +229,8 @@ def test_batch_renorm_is_the_seed_s_tf1_algorithm():
         corrections.append(reference.corrections)
     # The drift exercised the corrections: r reached both clips and d its clip, besides unclipped values.
     r, d = np.stack([c[0] for c in corrections]), np.stack([c[1] for c in corrections])
-    assert np.any(r == 3.0) and np.any(r == 1 / 3) and np.any(np.abs(d) == 5.0)
-    assert np.any((r > 1 / 3) & (r < 3) & (r != 1)) and np.any((np.abs(d) < 5) & (d != 0))
+    assert np.any(r == 3.0) and np.any(r == 0.3333) and np.any(np.abs(d) == 5.0)
+    assert np.any((r > 0.3333) & (r < 3) & (r != 1)) and np.any((np.abs(d) < 5) & (d != 0))
 
 
 def test_batch_renorm_inference_uses_the_moving_statistics_and_updates_nothing():
