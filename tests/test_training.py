@@ -132,7 +132,7 @@ def _seed_decayed_values(model: keras.Model, head) -> list[np.ndarray]:
     return values
 
 
-def test_one_step_matches_an_independent_loss_and_sgd_update():
+def test_two_steps_match_an_independent_loss_and_momentum_sgd_update():
     args = train_nets.Args(net_depth=18, image_size=[32, 32], dropout_rate=0.0, batch_size=8, momentum=0.9,
                            lr_values=[0.05, 0.01, 0.005, 0.001])
     model, head = build_embedding_model(args), build_head(args, 5)
@@ -148,23 +148,35 @@ def test_one_step_matches_an_independent_loss_and_sgd_update():
     embeddings = model(images, training=True).numpy().astype(np.float64)
     expected_ce = _arcface_ce_reference(embeddings, labels, head.embedding_weights.numpy().astype(np.float64))
     expected_wd = 0.5 * 5e-4 * sum(float(np.sum(v.astype(np.float64) ** 2)) for v in _seed_decayed_values(model, head))
-    with tf.GradientTape() as tape:
-        logits = head(model(images, training=True), labels)
-        ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-        wd = 0.5 * 5e-4 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in _decayed_tensors(model, head)])
-        loss = ce + wd
-    grads = tape.gradient(loss, variables)
-    for variable, value in zip(model.weights + head.weights, start):
-        variable.assign(value)
+    def gradients() -> list[np.ndarray]:
+        """The gradient of the seed's loss at the current weights, by an independent tape (BN statistics restored)."""
+        current = [v.numpy() for v in model.weights + head.weights]
+        with tf.GradientTape() as tape:
+            logits = head(model(images, training=True), labels)
+            ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+            wd = 0.5 * 5e-4 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in _decayed_tensors(model, head)])
+            loss = ce + wd
+        grads = [g.numpy() for g in tape.gradient(loss, variables)]
+        for variable, value in zip(model.weights + head.weights, current):
+            variable.assign(value)
+        return grads
 
-    metrics = make_train_step(args, tf.distribute.get_strategy(), model, head, optimizer, 8)(images, labels)
+    grads = gradients()
+    train_step = make_train_step(args, tf.distribute.get_strategy(), model, head, optimizer, 8)
+    metrics = train_step(images, labels)
     assert float(metrics["inference_loss"]) == pytest.approx(expected_ce, rel=1e-5)
     assert float(metrics["wd_loss"]) == pytest.approx(expected_wd, rel=1e-5)
-    # First momentum step from a zero velocity: w <- w - lr * grad.
+    # First momentum step from a zero velocity: w1 = w0 - lr * g0.
     start_by_path = {v.path: value for v, value in zip(model.weights + head.weights, start)}
-    for variable, grad in zip(variables, grads):
-        np.testing.assert_allclose(variable.numpy(), start_by_path[variable.path] - 0.05 * grad.numpy(),
-                                   rtol=1e-4, atol=1e-6)
+    after_first = [v.numpy() for v in variables]
+    for variable, value, grad in zip(variables, after_first, grads):
+        np.testing.assert_allclose(value, start_by_path[variable.path] - 0.05 * grad, rtol=1e-4, atol=1e-6)
+    # Second step, with the velocity of the first (Keras SGD: v = momentum * v - lr * g; w += v):
+    # w2 = w1 - momentum * lr * g0 - lr * g1.
+    second_grads = gradients()
+    train_step(images, labels)
+    for variable, value, grad, second in zip(variables, after_first, grads, second_grads):
+        np.testing.assert_allclose(variable.numpy(), value - 0.9 * 0.05 * grad - 0.05 * second, rtol=1e-4, atol=1e-6)
 
 
 def test_train_applies_the_second_learning_rate_after_the_boundary(faces, tmp_path):
