@@ -17,7 +17,7 @@ from typing import Annotated
 
 import numpy as np
 
-from config import Choices, Config, Length, PositiveInt, Range, RequiredPath, run_script
+from config import Choices, Config, ImageSize, Length, PositiveInt, RequiredPath, run_script
 
 log = logging.getLogger("export")
 
@@ -31,9 +31,9 @@ class Args(Config):
     formats: Annotated[list[str], Choices("saved_model", "keras", "onnx", "tflite", "tflite_fp16", "tflite_int8"),
                        Length(1)] = ["saved_model", "keras", "onnx", "tflite"]
     with_preprocessing: bool = True  # uint8 RGB images in, L2-normalised embeddings out (else: normalised input)
-    # [height, width] of the faces deployers will feed, resized inside the model to the network's input size;
-    # None: the network's own input size (recorded in export_metadata.json). Needs with_preprocessing.
-    input_size: Annotated[list[int], Range(1), Length(2, 2)] | None = None
+    # [height, width] (one N: N x N) of the faces deployers will feed, resized inside the model to the network's
+    # input size; None: the network's own input size (recorded in export_metadata.json). Needs with_preprocessing.
+    input_size: ImageSize | None = None
     # "BGR" or "RGB": the order the network was trained with; None: the one recorded in the run's args.json,
     # else the seed's BGR.
     channel_order: Annotated[str, Choices("BGR", "RGB")] | None = None
