@@ -1,5 +1,5 @@
-# `make demo` installs the runtime (requirements.txt) into .venv and runs the main job; `make test` adds the test tools
-# (requirements-test.txt) and runs the test suite.
+# `make demo` installs the runtime (requirements.txt) and then the project itself, editable, into .venv and runs the
+# main job; `make test` adds the test tools (requirements-test.txt) and runs the test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,8 +13,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: requirements.txt | $(BIN)/python
+# The project editable (`pip install -e .`): its packages and scripts import from any folder, the console scripts
+# (insightface-train, ...) land in $(BIN), and edits to the tree take effect without reinstalling. --no-deps: the
+# dependencies are requirements.txt's pins, installed just before. The build runs isolated (pip fetches setuptools
+# from the registry), as a venv of Python 3.12+ has no setuptools of its own. Reinstall after adding a top-level
+# package: the editable install maps the packages that exist when it runs.
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
@@ -35,4 +41,4 @@ bench: setup
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) output
+	rm -rf $(VENV) output *.egg-info build

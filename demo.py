@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from config import Choices, Config, Length, PositiveInt, Range, RequiredPath, run_script
 
@@ -77,7 +77,7 @@ def evaluate(args: Args, checkpoint: str, eval_dir: Path, pairs: Path, out: Path
 
 def main(args: Args) -> dict:
     import train_nets
-    from training.build import build_embedding_model
+    from nets.spec import NetworkSpec
 
     root = Path(args.output_dir)
     train_dir, eval_dir, pairs = make_data(args, root / "data")
@@ -85,7 +85,7 @@ def main(args: Args) -> dict:
     # IR-ResNet already scores well above 0.5 on faces.
     settings = train_args(args, train_dir, root / "run", args.max_steps)
     untrained_path = root / "untrained.keras"
-    build_embedding_model(settings).save(untrained_path)
+    NetworkSpec.from_mapping(settings.to_dict()).build().save(untrained_path)
     baseline = evaluate(args, str(untrained_path), eval_dir, pairs, root / "eval_untrained")
     trained = train_nets.train(settings)
     result = evaluate(args, trained["checkpoint"], eval_dir, pairs, root / "eval")
@@ -95,5 +95,10 @@ def main(args: Args) -> dict:
     return {"untrained": baseline["accuracy_mean"], "trained": result["accuracy_mean"], "step": trained["step"]}
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `insightface-demo` console script: this script's command line, from any folder."""
     run_script(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,19 +4,22 @@
         --eval_dataset=./datasets/my_aligned_faces --eval_pair=./datasets/my_pairs.txt
 
 Each checkpoint is rebuilt from the args.json saved beside it (so the network, image size and channel order are
-the trained ones); a checkpoint of the seed (TF1/TensorLayer, models A-D) or a `.keras` export works too. For every
-dataset and checkpoint it logs the seed's `XNorm` and `Accuracy-Flip: mean+-std` lines plus VAL@FAR, AUC and EER,
-and writes into `output_dir`: report.json, a ROC curve PNG and a PNG of the hardest false matches and non-matches.
+the trained ones); a checkpoint of the seed (TF1/TensorLayer, models A-D) or a `.keras` file works too (one loader
+for all: models.load_embedding_model). For every dataset and checkpoint it logs the seed's `XNorm` and
+`Accuracy-Flip: mean+-std` lines plus VAL@FAR, AUC and EER, and writes into `output_dir`: report.json, a ROC curve PNG and a PNG of the hardest false matches and non-matches.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 from config import (Choices, Config, ImageSizeOrNetwork, NonNegativeInt, OptionalPath, PositiveInt, RequiredPath,
                     run_script)
+
+if TYPE_CHECKING:
+    from eval.sets import VerificationSet
 
 log = logging.getLogger("eval_ckpt_file")
 
@@ -32,8 +35,9 @@ class Args(Config):
     eval_db_path: RequiredPath = "./datasets/faces_ms1m_112x112"  # folder of the .bin files
     batch_size: PositiveInt = 32  # images per forward pass
     image_size: ImageSizeOrNetwork = []  # [height, width] (one N: N x N); [] = the network's input size
-    # "BGR"/"RGB"; "" = from the checkpoint's args.json (BGR for the seed's checkpoints)
-    channel_order: Annotated[str, Choices("", "BGR", "RGB")] = ""
+    # "BGR"/"RGB"; None = the one recorded with the model (its run's args.json, an export's preprocessing), else
+    # the seed's BGR
+    channel_order: Annotated[str, Choices("BGR", "RGB")] | None = None
     # "sum" (the seed's Accuracy-Flip), "none", or "concat" (facenet)
     flip: Annotated[str, Choices("sum", "none", "concat")] = "sum"
     nrof_folds: NonNegativeInt = 0  # 0 = the pairs file's header (10 for LFW and .bin sets)
@@ -48,54 +52,36 @@ def checkpoint_paths(args: Args) -> list[str]:
     return [f"{args.ckpt_file}{index}" for index in args.ckpt_index_list]
 
 
-def trained_channel_order(checkpoint: str) -> str:
-    """The channel order recorded in the checkpoint's args.json; BGR (the seed's) when there is none."""
-    from training.checkpoints import find_args_json
-    import train_nets
-
-    try:
-        return train_nets.Args.load(find_args_json(checkpoint), strict=False).channel_order
-    except FileNotFoundError:
-        return "BGR"
-
-
-def load_sets(args: Args, image_size: tuple[int, int]) -> list:
+def load_sets(args: Args, image_size: tuple[int, int]) -> list[VerificationSet]:
     """The verification sets of `args`, read at `image_size` (height, width)."""
-    from eval.sets import load_bin_set, load_pairs_set
+    from eval.sets import load_verification_sets
 
     if not args.eval_dataset and not args.eval_datasets:
         raise ValueError("Args: nothing to evaluate; set eval_dataset + eval_pair and/or eval_datasets")
-    if bool(args.eval_dataset) != bool(args.eval_pair):
-        raise ValueError("Args: eval_dataset and eval_pair go together (a folder and its pairs.txt)")
-    sets = [load_bin_set(Path(args.eval_db_path) / f"{name}.bin", image_size=image_size, name=name)
-            for name in args.eval_datasets]
-    if args.eval_dataset:
-        sets.append(load_pairs_set(args.eval_dataset, args.eval_pair, image_size=image_size,
-                                   skip_missing=args.skip_missing))
-    return sets
+    return load_verification_sets(args.eval_datasets, args.eval_db_path, args.eval_dataset, args.eval_pair,
+                                  image_size=image_size, skip_missing=args.skip_missing)
 
 
 def evaluate_checkpoints(args: Args) -> list[dict]:
     """Evaluates every checkpoint on every set; writes the reports; returns the report dicts."""
     from eval.report import plot_roc, save_report_files, write_json_report
     from eval.sets import run_verification
-    from training.checkpoints import load_embedding_model
+    from models import load_embedding_model
     from training.validation import embedding_function
 
     output_dir = Path(args.output_dir)
     reports = []
     sets_by_size: dict[tuple[int, int], list] = {}  # checkpoints of one call may have different input sizes
     for checkpoint in checkpoint_paths(args):
-        model = load_embedding_model(checkpoint)
-        image_size = tuple(args.image_size) if args.image_size else tuple(model.input_shape[1:3])
+        loaded = load_embedding_model(checkpoint, args.channel_order)
+        image_size = tuple(args.image_size) if args.image_size else loaded.input_size
         if image_size not in sets_by_size:
             sets_by_size[image_size] = load_sets(args, image_size)
         sets = sets_by_size[image_size]
-        channel_order = args.channel_order or trained_channel_order(checkpoint)
-        embed = embedding_function(model)
+        embed = embedding_function(loaded.model)
         index = Path(checkpoint).name
         for vset in sets:
-            report = run_verification(embed, vset, batch_size=args.batch_size, channel_order=channel_order,
+            report = run_verification(embed, vset, batch_size=args.batch_size, channel_order=loaded.channel_order,
                                       flip=args.flip, nrof_folds=args.nrof_folds or None, step=index)
             report.update(checkpoint=checkpoint, image_size=list(image_size))
             report["files"] = {k: str(v) for k, v in save_report_files(output_dir / f"{vset.name}_{index}", vset,
@@ -114,5 +100,10 @@ def main(args: Args) -> None:
     evaluate_checkpoints(args)
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `insightface-eval` console script: this script's command line, from any folder."""
     run_script(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,15 +5,14 @@
 
 The input is a `.keras` file, a checkpoint of the seed (TF1 / TensorLayer, models A-D; nets.seed_checkpoint) or one
 of our training checkpoints (prefix or run folder). Each exported file is run back on check images and compared with
-the Keras model; `export_report.json` in the output folder lists sizes and differences (nets.export).
+the Keras model; `export_report.json` in the output folder lists sizes and differences (deploy.formats).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import numpy as np
 
@@ -34,38 +33,13 @@ class Args(Config):
     # [height, width] (one N: N x N) of the faces deployers will feed, resized inside the model to the network's
     # input size; None: the network's own input size (recorded in export_metadata.json). Needs with_preprocessing.
     input_size: ImageSize | None = None
-    # "BGR" or "RGB": the order the network was trained with; None: the one recorded in the run's args.json,
-    # else the seed's BGR.
+    # "BGR" or "RGB": the order the network was trained with; None: the one recorded with the model (the run's
+    # args.json, or the preprocessing inside an export), else the seed's BGR.
     channel_order: Annotated[str, Choices("BGR", "RGB")] | None = None
     # Folder of face images (searched recursively) for the int8 calibration and the checks; None: random images.
     calibration_dir: RequiredPath | None = None
     num_check_images: PositiveInt = 8  # images run through Keras and every exported file for the comparison
     num_calibration_images: PositiveInt = 100  # images for the int8 calibration (from calibration_dir)
-
-
-def recorded_channel_order(input_model: str) -> tuple[str, Path] | None:
-    """(channel_order, args.json) recorded by the training run of `input_model`, or None when there is none."""
-    from training.checkpoints import find_args_json  # the run layout (args.json beside or above the checkpoint)
-
-    try:
-        args_json = find_args_json(input_model)
-    except FileNotFoundError:
-        return None
-    order = json.loads(args_json.read_text()).get("channel_order")
-    return (order, args_json) if order else None
-
-
-def resolve_channel_order(args: Args) -> str:
-    recorded = recorded_channel_order(args.input_model)
-    if args.channel_order is not None:
-        if recorded and recorded[0] != args.channel_order:
-            log.warning("channel_order=%s differs from %s recorded in %s", args.channel_order, *recorded)
-        return args.channel_order
-    if recorded:
-        log.info("channel order %s (recorded in %s)", *recorded)
-        return recorded[0]
-    log.info("channel order BGR (the seed's convention; none recorded for %s)", args.input_model)
-    return "BGR"
 
 
 def sample_images(folder: str | None, count: int, image_size: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -95,12 +69,12 @@ def sample_images(folder: str | None, count: int, image_size: tuple[int, int], s
 
 def _deployable(model, args: Args, channel_order: str):
     """The model to export: the network wrapped with its preprocessing, or an already wrapped model as it is."""
-    from nets import export
+    from deploy.preprocessing import deployment_info, with_preprocessing
 
-    info = export.deployment_info(model)
+    info = deployment_info(model)
     if info is None:
         if args.with_preprocessing:
-            return export.with_preprocessing(model, channel_order, args.input_size)
+            return with_preprocessing(model, channel_order, args.input_size)
         if args.input_size is not None:
             raise ValueError(f"input_size={args.input_size} needs with_preprocessing=true (the resize is part of it)")
         return model
@@ -120,26 +94,32 @@ def _deployable(model, args: Args, channel_order: str):
 
 
 def main(args: Args) -> list:
-    from data.preprocess import check_channel_order, normalize
-    from nets import export
-    from training.checkpoints import load_embedding_model  # .keras, seed TF1 (nets.seed_checkpoint) or ours
+    from data.preprocess import normalize
+    from deploy import formats
+    from deploy.preprocessing import deployment_info
+    from models import load_embedding_model  # .keras, seed TF1 (nets.seed_checkpoint) or ours
 
-    channel_order = resolve_channel_order(args)
-    check_channel_order(channel_order)
-    model = _deployable(load_embedding_model(args.input_model), args, channel_order)
+    loaded = load_embedding_model(args.input_model, args.channel_order)
+    channel_order = loaded.channel_order
+    model = _deployable(loaded.model, args, channel_order)
     image_size = tuple(model.input_shape[1:3])
     check_images = sample_images(args.calibration_dir, args.num_check_images, image_size)
     calibration = (sample_images(args.calibration_dir, args.num_calibration_images, image_size, seed=1)
                    if "tflite_int8" in args.formats else None)
-    if export.deployment_info(model) is None:
+    if deployment_info(model) is None:
         check_images = normalize(check_images, channel_order).numpy()
         calibration = None if calibration is None else normalize(calibration, channel_order).numpy()
     log.info("exporting %s (%d weights, input %s) to %s: %s", model.name, model.count_params(), model.input_shape,
              args.output_dir, ", ".join(args.formats))
-    results = export.export_model(model, args.output_dir, args.formats, check_images, calibration)
+    results = formats.export_model(model, args.output_dir, args.formats, check_images, calibration)
     args.save(Path(args.output_dir) / "export_args.json")
     return results
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `insightface-export` console script: this script's command line, from any folder."""
     run_script(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

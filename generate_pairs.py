@@ -13,7 +13,7 @@ give the same file.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from config import Config, Length, PositiveInt, Range, RequiredPath, run_script
 from eval.pair_sampling import sample_folds, scan_identities
@@ -41,5 +41,10 @@ def main(args: Args) -> None:
                 per_fold, per_fold, len(identities), args.data_dir, path)
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `insightface-pairs` console script: this script's command line, from any folder."""
     run_script(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import (Choices, Config, ImageSize, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
@@ -23,6 +23,8 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from common.logs import add_log_file
 
 if TYPE_CHECKING:
     from training.checkpoints import ResumePoint
@@ -50,9 +52,10 @@ class Args(Config):
     margin_s: Annotated[float, Range(0, low_open=True)] | None = None
     # arcface/cosface margin m; None = default (0.5 arcface, 0.4 cosface)
     margin_m: Annotated[float, Range(0)] | None = None
-    margin_m1: PositiveFloat = 1.0  # combined margin: s*(cos(m1*theta + m2) - m3)
-    margin_m2: Annotated[float, Range(0)] = 0.3  # combined margin m2 (additive angular)
-    margin_m3: Annotated[float, Range(0)] = 0.2  # combined margin m3 (additive cosine)
+    # combined margin s*(cos(m1*theta + m2) - m3): m1 (multiplicative angular); None = default (1.0)
+    margin_m1: PositiveFloat | None = None
+    margin_m2: Annotated[float, Range(0)] | None = None  # combined margin m2 (additive angular); None = default (0.3)
+    margin_m3: Annotated[float, Range(0)] | None = None  # combined margin m3 (additive cosine); None = default (0.2)
     num_output: NonNegativeInt = 0  # number of classes; 0 = from the training data (the seed hard-coded 85164 for MS1M)
     # --- data (data/) ---
     # identity folders, a train.rec, or TFRecord file(s)/folder/glob
@@ -95,14 +98,23 @@ class Args(Config):
     restore_path: OptionalPath = ""  # fine-tune: a checkpoint (ours or the seed's TF1) whose backbone starts the run
     restore_head: bool = False  # also restore the class weights from restore_path (same classes)
 
+    def head_margins(self) -> dict[str, float]:
+        """The margins the head of this run really uses: the loss's defaults for those left at None, none of those
+        the loss does not take (losses.margins_in_use)."""
+        from losses.margins import margins_in_use
+
+        return margins_in_use(self.loss, s=self.margin_s, m=self.margin_m, m1=self.margin_m1, m2=self.margin_m2,
+                              m3=self.margin_m3)
+
 
 def validate_args(args: Args) -> None:
     """Checks what the field rules of Args cannot (one field against another); ValueError naming the keys."""
+    from eval.sets import check_custom_set
+
     if args.batch_size % args.grad_accum_steps:
         raise ValueError(f"Args: batch_size={args.batch_size} must be a multiple of "
                          f"grad_accum_steps={args.grad_accum_steps}")
-    if bool(args.eval_dataset) != bool(args.eval_pair):
-        raise ValueError("Args: eval_dataset and eval_pair go together (a folder and its pairs.txt)")
+    check_custom_set(args.eval_dataset, args.eval_pair)
 
 
 def train(args: Args, strategy: tf.distribute.Strategy | None = None) -> dict:
@@ -111,7 +123,7 @@ def train(args: Args, strategy: tf.distribute.Strategy | None = None) -> dict:
     strategy = strategy or tf.distribute.get_strategy()
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(args.mixed_precision)
-    log_handler = _add_log_file(args.log_file_path)
+    log_handler = add_log_file(args.log_file_path, "train")
     try:
         return _train(args, strategy)
     finally:
@@ -120,18 +132,12 @@ def train(args: Args, strategy: tf.distribute.Strategy | None = None) -> dict:
         log_handler.close()
 
 
-def _add_log_file(folder: str) -> logging.Handler:
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(Path(folder) / time.strftime("train_%Y-%m-%d-%H-%M.log"))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    return handler
-
-
 def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     from data.train_data import open_train_data
-    from training import checkpoints, validation
-    from training.build import build_embedding_model, build_head
+    from nets.spec import NetworkSpec
+    from training import checkpoints
+    from eval.sets import load_verification_sets
+    from losses import make_head
     from training.optim import decayed_variables, lr_boundaries, piecewise_schedule
     from training.step import make_train_step, random_state_variables
 
@@ -167,14 +173,15 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
     resume = _find_resume_point(args, ckpt_dir)
-    validation_sets = validation.load_validation_sets(args)
+    validation_sets = load_verification_sets(args.eval_datasets, args.eval_db_path, args.eval_dataset, args.eval_pair,
+                                             image_size=args.image_size)
     log.info("training data %s: %d images of %d classes (%s), %d steps per epoch, %d replica(s)",
              args.train_dataset_dir, data.num_images, num_classes, data.format, steps_per_epoch, replicas)
 
     # --- network, head, optimiser, checkpoint ---
     with strategy.scope():
-        model = build_embedding_model(args)
-        head = build_head(args, num_classes)
+        model = NetworkSpec.from_mapping(args.to_dict()).build()
+        head = make_head(args.loss, num_classes, **args.head_margins(), seed=args.seed)
         head.build((None, args.embedding_size))
         boundaries = lr_boundaries(args.lr_steps, args.batch_size, args.lr_steps_scaled, args.lr_steps_as_seed_ran)
         schedule = piecewise_schedule(args.lr_values, boundaries)
@@ -206,7 +213,8 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
              len(decayed_variables(variables)), args.weight_decay)
 
     # --- the loop ---
-    train_step = make_train_step(args, strategy, model, head, optimizer, global_batch)
+    train_step = make_train_step(strategy, model, head, optimizer, global_batch, weight_decay=args.weight_decay,
+                                 grad_accum_steps=args.grad_accum_steps, jit_compile=args.jit_compile)
     writer = tf.summary.create_file_writer(str(summary_dir))
     step = int(progress.step)
     metrics: dict[str, float] = {}
@@ -313,10 +321,11 @@ VALIDATION_SCALARS = {"accuracy_mean": "accuracy", "val": "val_at_far", "auc": "
 
 def _validate(args: Args, step: int, model: keras.Model, validation_sets: list, progress, best_manager,
               ckpt_dir: Path, saved_variables: list) -> None:
-    from nets.export import save_keras
+    from deploy.preprocessing import save_keras
     from training import checkpoints, validation
 
-    reports = validation.validate(args, step, model, validation_sets)
+    reports = validation.validate(model, validation_sets, step=step, batch_size=args.batch_size,
+                                  channel_order=args.channel_order)
     for name, report in reports.items():
         for key, tag in VALIDATION_SCALARS.items():
             if report[key] is not None:  # EER is None when the ROC never crosses TPR = 1 - FPR
@@ -336,5 +345,10 @@ def main(args: Args) -> None:
     log.info("done at step %d; latest checkpoint %s", summary["step"], summary["checkpoint"])
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `insightface-train` console script: this script's command line, from any folder."""
     run_script(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

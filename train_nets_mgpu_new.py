@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import Choices, NonNegativeInt, PositiveInt, run_script
@@ -93,5 +93,10 @@ def main(args: Args) -> None:
     log.info("done at step %d; latest checkpoint %s", summary["step"], summary["checkpoint"])
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `insightface-train-mgpu` console script: this script's command line, from any folder."""
     run_script(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -18,34 +18,28 @@ so an interrupted run resumes. Worker processes, each with its own detector, use
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
-import sys
-
-# Run as `python align/align_dataset_mtcnn.py`, Python puts align/ (not the repository root) on sys.path; the
-# repository's packages (config, data, align) are imported from the root, so it is added first.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
-from config import (Choices, Config, Length, NonNegativeInt, PositiveInt, Range, RequiredPath,  # noqa: E402
-                    run_script, write_replacing)
-import logging  # noqa: E402
-import multiprocessing  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+from config import Choices, Config, Length, NonNegativeInt, PositiveInt, Range, RequiredPath, run_script
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import cv2
+import numpy as np
+from tqdm import tqdm
 
-from align.detector import (FaceDetector, check_detector_settings, limit_tensorflow_threads,  # noqa: E402
-                            pick_central_face)
-from align.warp import crop_box, warp_to_template  # noqa: E402
-from data.image_folders import printable_path  # noqa: E402
-from data.image_io import read_rgb  # noqa: E402
+from align.detector import FaceDetector, check_detector_settings, limit_tensorflow_threads, pick_central_face
+from align.warp import crop_box, warp_to_template
+from common.files import write_replacing
+from data.image_folders import printable_path
+from data.image_io import read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -303,5 +297,10 @@ def main(args: Args) -> AlignmentSummary:
     return align_dataset(args)
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `insightface-align` console script: this script's command line, from any folder."""
     run_script(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,23 +14,19 @@ import json
 import logging
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
+
+from align.align_dataset_mtcnn import Args as AlignArgs, align_dataset
+from align.detector import FaceDetector, template_eye_error
+from config import Config, Length, PositiveFloat, Range, RequiredPath, run_script
+from data.image_io import read_rgb
+
 REPO = Path(__file__).resolve().parents[1]
-# Run as `python bench/bench_align.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-
-from align.align_dataset_mtcnn import Args as AlignArgs, align_dataset  # noqa: E402
-from align.detector import FaceDetector, template_eye_error  # noqa: E402
-from config import Config, Length, PositiveFloat, Range, RequiredPath, run_script  # noqa: E402
-from data.image_io import read_rgb  # noqa: E402
-
 logger = logging.getLogger("bench_align")
 
 

@@ -9,25 +9,35 @@ bench/results/eval.json.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import platform
-import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
+import numpy as np
+
+from config import Config, PositiveInt, Range, RequiredPath, run_script
+from timing import median_seconds
+from eval.verification import verify
+
 REPO = Path(__file__).resolve().parents[1]
-# Run as `python bench/bench_eval.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 
-from config import Config, PositiveInt, Range, RequiredPath, run_script  # noqa: E402
-from timing import median_seconds  # noqa: E402
-from eval.verification import verify  # noqa: E402
-from tests.test_verification import noisy_pairs, reference_evaluate  # noqa: E402
+def _tests_module(name: str) -> ModuleType:
+    """A module of tests/, loaded from its file: tests/ is not an installed package, and the bench compares the
+    vectorised protocol with the tests' own reference implementation."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+_reference = _tests_module("test_verification")
+noisy_pairs, reference_evaluate = _reference.noisy_pairs, _reference.reference_evaluate
 logger = logging.getLogger("bench_eval")
 
 

@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_export.py [--backbone=resnet50_ir] [--batch_size=8] [--repeats=5]
 
 Exports a randomly initialised backbone (nets.registry; BN statistics set on the benchmark batch) with the built-in
-preprocessing (uint8 RGB in, L2-normalised embedding out) in every format of nets.export, then times each file in its
-own runtime on one batch (median of `repeats` runs after a warm-up). The int8 calibration uses the same batch.
+preprocessing (uint8 RGB in, L2-normalised embedding out) in every format of deploy.formats, then times each file in
+its own runtime on one batch (median of `repeats` runs after a warm-up). The int8 calibration uses the same batch.
 Prints a table and writes bench/results/export.json. "keras (in memory)" calls the model eagerly.
 """
 
@@ -13,21 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
-REPO = Path(__file__).resolve().parents[1]
-# Run as `python bench/bench_export.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 from config import (Choices, Config, Length, NonNegativeInt, PositiveInt, Range, RequiredPath, registered_backbones,
-                    run_script)  # noqa: E402
-from timing import median_seconds  # noqa: E402
+                    run_script)
+from timing import median_seconds
 
+REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_export")
 
 
@@ -44,7 +40,9 @@ class Args(Config):
 
 
 def main(args: Args) -> dict:
-    from nets import export, get_backbone
+    from deploy import formats
+    from deploy.preprocessing import with_preprocessing
+    from nets import get_backbone
 
     from data.preprocess import normalize
 
@@ -55,13 +53,13 @@ def main(args: Args) -> dict:
     # float16 cannot hold; training-mode passes move them to the batch's statistics, as a trained network has.
     for _ in range(args.bn_calibration_passes):
         network(normalize(images), training=True)
-    deployed = export.with_preprocessing(network)
+    deployed = with_preprocessing(network)
     rows = [{"format": "keras (in memory)", "bytes": 4 * network.count_params(), "max_relative_difference": 0.0,
              "images_per_second": args.batch_size / median_seconds(lambda: deployed(images, training=False),
                                                                    args.repeats)}]
     with tempfile.TemporaryDirectory() as folder:
-        for result in export.export_model(deployed, folder, args.formats, images):
-            infer = export.load_runner(result.format, result.path)
+        for result in formats.export_model(deployed, folder, args.formats, images):
+            infer = formats.load_runner(result.format, result.path)
             rows.append({"format": result.format, "bytes": result.bytes,
                          "max_relative_difference": result.max_relative_difference,
                          "images_per_second": args.batch_size / median_seconds(lambda: infer(images), args.repeats)})

@@ -15,23 +15,20 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
-from config import Config, PositiveInt, Range, RequiredPath, run_script  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from config import Config, PositiveInt, Range, RequiredPath, run_script
+import tensorflow as tf
 
-from data.bin_dataset import load_bin, write_bin  # noqa: E402
-from data.image_folders import FolderImages  # noqa: E402
-from data.recordio import write_recordio  # noqa: E402
-from data.synthetic import generate  # noqa: E402
-from data.tfrecords import write_tfrecords  # noqa: E402
-from data.train_data import open_train_data  # noqa: E402
+from data.bin_dataset import load_bin, write_bin
+from data.image_folders import FolderImages
+from data.recordio import write_recordio
+from data.synthetic import generate
+from data.tfrecords import write_tfrecords
+from data.train_data import open_train_data
 
 log = logging.getLogger("bench_input_pipeline")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import resource
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -37,9 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
-REPO = Path(__file__).resolve().parents[1]
-# Run as `python bench/bench_memory.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
-sys.path.insert(0, str(REPO))
 # JAX would otherwise reserve most of the GPU in every process, this one included; the peaks are read per process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -50,8 +46,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.bench_model import Args as ModelArgs, build_networks, make_backend, output_path, run_conditions  # noqa: E402
+from bench_model import Args as ModelArgs, build_networks, make_backend, output_path, run_conditions  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_memory")
 GIB = 2**30
 MIB = 2**20

@@ -32,25 +32,21 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable
 
-REPO = Path(__file__).resolve().parents[1]
-# Run as `python bench/bench_model.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
-sys.path.insert(0, str(REPO))
-
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import (Choices, Config, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
-                    registered_backbones, run_script)  # noqa: E402
-import keras  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+                    registered_backbones, run_script)
+import keras
+from tqdm import tqdm
 
-from losses import MarginHead  # noqa: E402
-from nets import get_backbone  # noqa: E402
+from losses import MarginHead
+from nets import get_backbone
 
+REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_model")
 RESULTS = REPO / "bench" / "results"
 # The dtype the matmuls of each Keras precision policy run in: that dtype's peak is the policy's limit.
@@ -214,13 +210,12 @@ class TensorFlowBackend:
 
     def training_step(self, model: keras.Model, head: MarginHead, precision: str, batch: int, xla: bool,
                       num_classes: int, weight_decay: float) -> Callable[[], None]:
-        from train_nets import Args as TrainArgs
         from training.step import make_train_step
 
         tf = self.tf
         optimizer = make_optimizer(precision, model.trainable_variables + head.trainable_variables)
-        step = make_train_step(TrainArgs(jit_compile=xla, weight_decay=weight_decay), tf.distribute.get_strategy(),
-                               model, head, optimizer, batch)
+        step = make_train_step(tf.distribute.get_strategy(), model, head, optimizer, batch, weight_decay=weight_decay,
+                               jit_compile=xla)
         images = tf.random.uniform((batch, *model.input_shape[1:]), -1.0, 1.0)
         labels = tf.random.uniform((batch,), 0, num_classes, dtype=tf.int32)
         return lambda: step(images, labels)["total_loss"].numpy()

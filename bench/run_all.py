@@ -22,12 +22,9 @@ import time
 from pathlib import Path
 from typing import Annotated, Callable
 
+from config import Choices, Config, run_script as run_entry_point
+
 REPO = Path(__file__).resolve().parents[1]
-# Run as `python bench/run_all.py`, Python puts bench/ on sys.path; the repository's packages live at the root.
-sys.path.insert(0, str(REPO))
-
-from config import Choices, Config, run_script as run_entry_point  # noqa: E402
-
 log = logging.getLogger("run_all")
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"

@@ -1,4 +1,5 @@
-"""Timing shared by the bench scripts (bench/ is on sys.path when a script runs as `python bench/<script>.py`)."""
+"""Timing shared by the bench scripts, which import it as a sibling module: Python puts bench/ first on the module
+search path when a script runs as `python bench/<script>.py`."""
 
 from __future__ import annotations
 

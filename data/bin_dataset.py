@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.files import replacing
 from data.image_io import check_header, decode_rgb, decode_to_size
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,6 @@ def write_bin(path: str | Path, encoded_images: list[bytes], issame: Sequence[bo
     flags = [_as_bool(item, path, index) for index, item in enumerate(issame)]
     with ThreadPoolExecutor(_DECODE_THREADS) as pool:
         list(pool.map(lambda index: decode_rgb(images[index], f"write_bin image {index}"), range(len(images))))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as stream:
+    with replacing(path) as temporary, open(temporary, "wb") as stream:
         pickle.dump((images, flags), stream, protocol=4)
-    temporary.replace(path)
     return path

@@ -1,22 +1,18 @@
-"""The seed's input convention, in one place: decoded RGB uint8 -> channel order -> (x - 127.5) / 128.
+"""The seed's input convention applied to TensorFlow tensors: decoded RGB uint8 -> channel order -> (x - 127.5) / 128.
 
-Training readers, the evaluator and the export wrapper all call `normalize`, so training and evaluation cannot
-disagree. The channel order is an Args setting ("BGR" for the seed and its released checkpoints) recorded in
-args.json.
+Training readers and the evaluator call `normalize`, so training and evaluation cannot disagree; the numbers and
+check_channel_order live in common.preprocessing (TensorFlow-free), shared with the deployment wrapper
+(deploy.preprocessing). The channel order is an Args setting ("BGR" for the seed and its released checkpoints)
+recorded in args.json.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-CHANNEL_ORDERS = ("BGR", "RGB")
-PIXEL_MEAN = 127.5
-PIXEL_SCALE = 1.0 / 128.0  # the seed's 0.0078125
+from common.preprocessing import PIXEL_MEAN, PIXEL_SCALE, check_channel_order
 
-
-def check_channel_order(channel_order: str) -> None:
-    if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"unknown channel_order {channel_order!r}; expected one of {', '.join(CHANNEL_ORDERS)}")
+__all__ = ["check_channel_order", "normalize"]
 
 
 def normalize(rgb_images: tf.Tensor, channel_order: str = "BGR") -> tf.Tensor:

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from config import write_replacing
+from common.files import write_replacing
 from data.image_folders import FolderImages, is_utf8
 from data.image_io import decode_to_size
 from data.preprocess import check_channel_order, normalize

@@ -1,4 +1,4 @@
-"""Embeddings of an image set for verification: batches normalised by data.preprocess, left-right flip, L2 norm."""
+"""Embeddings of an image set for verification: batches normalised (common.preprocessing), left-right flip, L2 norm."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from data.preprocess import normalize
+from common.preprocessing import normalize
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_si
     """Embeds every image (and its left-right mirror) and returns L2-normalised float64 embeddings and XNorm.
 
     Args:
-        embed_fn: maps a float32 batch already normalised by `data.preprocess.normalize` to [b, D] embeddings
+        embed_fn: maps a float32 batch already normalised by `common.preprocessing.normalize` to [b, D] embeddings
             (e.g. the embedding keras.Model in inference mode).
         images_uint8_rgb: [N, H, W, 3] uint8 RGB; never copied whole (batches and their flips are made one at a time).
         batch_size: images per embed_fn call.

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import cv2
 
+from common.sizes import image_size_pair
 from config import Choices, Config, ImageSize, Range, RequiredPath, run_script
 from data.bin_dataset import write_bin
-from data.image_io import decode_to_size
-from data.image_io import decode_rgb
-from eval.pairs import read_pair_files, read_pairs, resolve_pair_paths
+from data.image_io import decode_rgb, decode_to_size
+from eval.pairs import load_pair_images
 
 logger = logging.getLogger("make_bin")
 
@@ -54,20 +54,20 @@ def encode_image(path: Path, image_size: tuple[int, int], image_format: str, jpe
 
 
 def main(args: Args) -> Path:
-    image_size = (args.image_size[0], args.image_size[1])
-    pairs_file = read_pairs(args.pairs_filepath)
-    resolved = resolve_pair_paths(pairs_file.pairs, args.data_dir, args.skip_missing)
-    usable, encoded_of = read_pair_files(
-        resolved, lambda path: encode_image(path, image_size, args.image_format, args.jpeg_quality),
-        description="encoding images")
-    if not usable:
-        raise ValueError(f"{args.pairs_filepath}: no pair has two readable images under {args.data_dir}")
-    encoded = [encoded_of[resolved.paths[2 * k + side]] for k in usable for side in (0, 1)]
-    path = write_bin(args.output_path, encoded, resolved.issame[usable].tolist())
-    logger.info("wrote %d pairs (%d matched) of %s, %d left out, to %s", len(usable),
-                int(resolved.issame[usable].sum()), args.pairs_filepath, len(pairs_file.pairs) - len(usable), path)
+    image_size = image_size_pair(args.image_size)
+    pairs = load_pair_images(args.pairs_filepath, args.data_dir,
+                             lambda path: encode_image(path, image_size, args.image_format, args.jpeg_quality),
+                             args.skip_missing, description="encoding images")
+    path = write_bin(args.output_path, pairs.images, pairs.issame.tolist())
+    logger.info("wrote %d pairs (%d matched) of %s, %d left out, to %s", pairs.num_pairs, int(pairs.issame.sum()),
+                args.pairs_filepath, pairs.num_listed - pairs.num_pairs, path)
     return path
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The `insightface-make-bin` console script: this script's command line, from any folder."""
     run_script(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -20,12 +20,12 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Generic, Sequence, TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
-from config import write_replacing
+from common.files import write_replacing
 from data.image_folders import is_utf8
 from data.image_io import IMAGE_EXTENSIONS
 
@@ -313,3 +313,43 @@ def read_pair_files(resolved: ResolvedPairs, read: Callable[[Path], Loaded],
         logger.warning("%d images could not be read, e.g. %s; left out the %d pairs using them", len(unreadable),
                        unreadable[:MAX_LISTED_PATHS], len(resolved.pairs) - len(usable))
     return usable, loaded
+
+
+@dataclass
+class PairImages(Generic[Loaded]):
+    """The pairs of a pairs file whose two images were found and read, in the order of the file: pair k is the files
+    paths[2k] and paths[2k+1], read as images[2k] and images[2k+1].
+
+    Attributes:
+        paths: the 2P image files.
+        images: what the reader returned for each of them.
+        issame: bool [P].
+        num_folds: folds the file's header announces; None without a header or for a View-1 header of one set.
+        num_listed: pairs the file lists, those left out included.
+    """
+
+    paths: list[Path]
+    images: list[Loaded]
+    issame: np.ndarray
+    num_folds: int | None
+    num_listed: int
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.issame.shape[0])
+
+
+def load_pair_images(pairs_path: str | Path, data_dir: str | Path, read: Callable[[Path], Loaded],
+                     skip_missing: bool = False, description: str = "reading images") -> PairImages[Loaded]:
+    """Reads a pairs file, finds its images under `data_dir` (resolve_pair_paths) and reads each once with `read`
+    (read_pair_files); pairs with an unreadable image are left out and counted. ValueError when no pair is left."""
+    pairs_file = read_pairs(pairs_path)
+    resolved = resolve_pair_paths(pairs_file.pairs, data_dir, skip_missing)
+    usable, loaded = read_pair_files(resolved, read, description)
+    if not usable:
+        raise ValueError(f"{pairs_path}: no pair has two readable images under {data_dir}")
+    paths = [resolved.paths[2 * k + side] for k in usable for side in (0, 1)]
+    # A View-1 style header ("1100": one set) announces no folds to cross-validate over.
+    num_folds = pairs_file.num_folds if (pairs_file.num_folds or 0) >= 2 else None
+    return PairImages(paths, [loaded[path] for path in paths], resolved.issame[usable], num_folds,
+                      len(pairs_file.pairs))

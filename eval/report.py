@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from config import write_replacing
+from common.files import write_replacing
 
 if TYPE_CHECKING:  # keeps this module free of the TensorFlow import that embedding needs
     from eval.sets import VerificationSet

@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.sizes import image_size_pair
 from data.bin_dataset import load_bin
 from data.image_io import read_rgb
 from eval.embeddings import EmbedFn, compute_embeddings
-from eval.pairs import read_pair_files, read_pairs, resolve_pair_paths
+from eval.pairs import load_pair_images
 from eval.verification import VerificationResult, distance_to_cosine, verify
 
 logger = logging.getLogger(__name__)
@@ -61,45 +62,58 @@ class VerificationSet:
         return int(self.issame.shape[0])
 
 
-def load_bin_set(path: str | Path, image_size: Sequence[int] = (112, 112), name: str | None = None) -> VerificationSet:
+def load_bin_set(path: str | Path, image_size: int | Sequence[int] = (112, 112),
+                 name: str | None = None) -> VerificationSet:
     """Reads an InsightFace `.bin` set (encoded images + issame) with data.bin_dataset.load_bin.
 
     Args:
         path: the `.bin` file.
-        image_size: (height, width) the images are resized to (bilinear) when they differ.
+        image_size: (height, width) the images are resized to (bilinear) when they differ; one N is N x N.
         name: label in logs and reports (default: the file name without extension, e.g. "lfw").
     """
     path = Path(path)
-    images, issame = load_bin(path, tuple(image_size))
+    images, issame = load_bin(path, image_size_pair(image_size))
     return VerificationSet(name or path.stem, images, issame)
 
 
-def load_pairs_set(data_dir: str | Path, pairs_path: str | Path, image_size: Sequence[int] = (112, 112),
+def load_pairs_set(data_dir: str | Path, pairs_path: str | Path, image_size: int | Sequence[int] = (112, 112),
                    name: str | None = None, skip_missing: bool = False) -> VerificationSet:
     """Reads the images of a pairs file (see eval.pairs) from an identity folder.
 
     Args:
         data_dir: one folder per identity.
         pairs_path: the pairs file (LFW numbered or explicit file names).
-        image_size: (height, width) every image is resized to (bilinear) when it differs.
+        image_size: (height, width) every image is resized to (bilinear) when it differs; one N is N x N.
         name: label in logs and reports (default: the pairs file name without extension).
         skip_missing: leave out and count pairs with a missing image instead of raising FileNotFoundError.
             Unreadable images always leave their pairs out, counted and logged.
     """
-    pairs_file = read_pairs(pairs_path)
-    resolved = resolve_pair_paths(pairs_file.pairs, data_dir, skip_missing)
-    usable, image_of = read_pair_files(resolved, lambda path: read_rgb(path, tuple(image_size)))
-    if not usable:
-        raise ValueError(f"{pairs_path}: no pair has two readable images under {data_dir}")
-    # A View-1 style header ("1100": one set) announces no folds to cross-validate over.
-    num_folds = pairs_file.num_folds if (pairs_file.num_folds or 0) >= 2 else None
-    if num_folds is not None and len(usable) < num_folds:
-        raise ValueError(f"{pairs_path}: its header announces {num_folds} folds, but only {len(usable)} pairs have "
-                         f"two readable images under {data_dir}, fewer than one per fold")
-    paths = [resolved.paths[2 * k + side] for k in usable for side in (0, 1)]
-    images = np.stack([image_of[path] for path in paths])
-    return VerificationSet(name or Path(pairs_path).stem, images, resolved.issame[usable], [str(p) for p in paths],
-                           num_folds)
+    size = image_size_pair(image_size)
+    pairs = load_pair_images(pairs_path, data_dir, lambda path: read_rgb(path, size), skip_missing)
+    if pairs.num_folds is not None and pairs.num_pairs < pairs.num_folds:
+        raise ValueError(f"{pairs_path}: its header announces {pairs.num_folds} folds, but only {pairs.num_pairs} "
+                         f"pairs have two readable images under {data_dir}, fewer than one per fold")
+    return VerificationSet(name or Path(pairs_path).stem, np.stack(pairs.images), pairs.issame,
+                           [str(p) for p in pairs.paths], pairs.num_folds)
+
+
+def check_custom_set(data_dir: str | Path, pairs_path: str | Path) -> None:
+    """ValueError unless a custom set is given whole (a folder and its pairs file) or not at all."""
+    if bool(data_dir) != bool(pairs_path):
+        raise ValueError("Args: eval_dataset and eval_pair go together (a folder and its pairs.txt)")
+
+
+def load_verification_sets(bin_names: Sequence[str], bin_folder: str | Path, data_dir: str | Path,
+                           pairs_path: str | Path, image_size: int | Sequence[int],
+                           skip_missing: bool = False) -> list[VerificationSet]:
+    """The sets that training validation and eval_ckpt_file.py evaluate, read at `image_size`: `<name>.bin` in
+    `bin_folder` for each of `bin_names`, then the custom set of `data_dir` + `pairs_path` when given (see
+    check_custom_set; skip_missing as in load_pairs_set). An empty list when none is named."""
+    check_custom_set(data_dir, pairs_path)
+    sets = [load_bin_set(Path(bin_folder) / f"{name}.bin", image_size=image_size, name=name) for name in bin_names]
+    if data_dir:
+        sets.append(load_pairs_set(data_dir, pairs_path, image_size=image_size, skip_missing=skip_missing))
+    return sets
 
 
 def _hardest(result: VerificationResult, paths: list[str] | None, same: bool) -> list[dict[str, Any]]:

@@ -19,6 +19,8 @@ import math
 
 from keras import ops
 
+from losses.margins import DEFAULT_MARGINS
+
 NORM_EPSILON = 1e-12
 # Below this, 1 - cos^2 is treated as 0 so that sqrt never sees 0 in the backward pass.
 SQRT_FLOOR = 1e-12
@@ -76,18 +78,22 @@ def margin_logits(cos, labels, *, s: float, m1: float = 1.0, m2: float = 0.0, m3
     return s * (cos + mask * (target - cos))
 
 
-def arcface_logits(embeddings, labels, weights, s: float = 64.0, m: float = 0.5):
+def arcface_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["arcface"]["s"],
+                   m: float = DEFAULT_MARGINS["arcface"]["m"]):
     """ArcFace (additive angular margin) logits [N, C], with the seed's fallback past theta = pi - m."""
     return margin_logits(cosine(embeddings, weights), labels, s=s, m2=m, arcface_fallback=True)
 
 
-def cosface_logits(embeddings, labels, weights, s: float = 30.0, m: float = 0.4):
+def cosface_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["cosface"]["s"],
+                   m: float = DEFAULT_MARGINS["cosface"]["m"]):
     """CosineFace (additive cosine margin) logits [N, C]."""
     return margin_logits(cosine(embeddings, weights), labels, s=s, m3=m)
 
 
-def combined_margin_logits(embeddings, labels, weights, s: float = 64.0, m1: float = 1.0, m2: float = 0.3,
-                           m3: float = 0.2):
+def combined_margin_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["combined"]["s"],
+                           m1: float = DEFAULT_MARGINS["combined"]["m1"],
+                           m2: float = DEFAULT_MARGINS["combined"]["m2"],
+                           m3: float = DEFAULT_MARGINS["combined"]["m3"]):
     """Combined margin logits [N, C]: target s*(cos(m1*theta + m2) - m3); (1, 0, 0) is the normalised softmax."""
     return margin_logits(cosine(embeddings, weights), labels, s=s, m1=m1, m2=m2, m3=m3)
 

@@ -6,14 +6,10 @@ import keras
 from keras import ops
 
 from losses import face_losses
+from losses.margins import DEFAULT_MARGINS, check_loss, margins_in_use
 
-LOSSES = ("arcface", "cosface", "combined", "softmax")
-DEFAULT_MARGINS: dict[str, dict[str, float]] = {
-    "arcface": {"s": 64.0, "m": 0.5},
-    "cosface": {"s": 30.0, "m": 0.4},
-    "combined": {"s": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2},
-    "softmax": {},
-}
+# The name of the seed's variable scope of the class weights, whatever the loss; a training head keeps it.
+SEED_HEAD_NAME = "arcface_loss"
 
 
 @keras.saving.register_keras_serializable(package="insightface_tf")
@@ -33,8 +29,7 @@ class MarginHead(keras.layers.Layer):
 
     def __init__(self, num_classes: int, loss: str = "arcface", margins: dict[str, float] | None = None,
                  seed: int | None = None, **kwargs) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+        check_loss(loss)
         margins = dict(margins or {})
         unknown = set(margins) - set(DEFAULT_MARGINS[loss])
         if unknown:
@@ -75,6 +70,18 @@ class MarginHead(keras.layers.Layer):
         config = super().get_config()
         config.update(num_classes=self.num_classes, loss=self.loss, margins=dict(self.margins), seed=self.seed)
         return config
+
+
+def make_head(loss: str, num_classes: int, *, s: float | None = None, m: float | None = None,
+              m1: float | None = None, m2: float | None = None, m3: float | None = None,
+              seed: int | None = None) -> MarginHead:
+    """The training head of `loss` for `num_classes` identities, named as the seed's (SEED_HEAD_NAME).
+
+    Margins left at None take the loss's defaults (losses.margins.DEFAULT_MARGINS); those the loss does not use are
+    ignored (see losses.margins.margins_in_use).
+    """
+    margins = margins_in_use(loss, s=s, m=m, m1=m1, m2=m2, m3=m3)
+    return MarginHead(num_classes, loss=loss, margins=margins, seed=seed, name=SEED_HEAD_NAME)
 
 
 def sparse_softmax_cross_entropy(logits, labels):

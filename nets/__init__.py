@@ -1,8 +1,8 @@
 """Backbones: the IR-ResNet family of the seed (one builder), the seed's other backbones, and their registry.
 
-`get_backbone(name, **kwargs)` builds any of them by name (see nets.registry). nets.seed_checkpoint (loading the
-seed's TF1 checkpoints) and nets.export (SavedModel, .keras, ONNX, TFLite) use TensorFlow and are imported on their
-own.
+`get_backbone(name, **kwargs)` builds any of them by name (see nets.registry). Everything here is Keras and keras.ops
+only, except nets.seed_checkpoint (loading the seed's TF1 checkpoints), which uses TensorFlow and is imported on its
+own. Wrapping a network for deployment and exporting it live in deploy/.
 """
 
 # First: for `python -m nets`, importing config sets TF_CPP_MIN_LOG_LEVEL before Keras loads TensorFlow.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import keras
 
+from common.sizes import image_size_pair
 from nets.norms import check_norm, make_norm
 from nets.output_block import seed_sequence
 
@@ -104,7 +105,7 @@ def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size
     Input images are expected preprocessed (data.preprocess), as for every backbone of this package.
     """
     check_norm(norm)
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    height, width = image_size_pair(image_size)
     b = _Builder(norm, synchronized_bn, seed)
     inputs = keras.Input((height, width, 3), name="input_layer")
     x = b.conv_bn(inputs, STEM_CHANNELS, 3, 2, "conv1")

@@ -6,7 +6,7 @@ N(1, 0.002)), its GroupNormLayer (32 groups, epsilon 1e-5) and its `tf.layers.ba
 every layer), which BatchRenormalization reproduces.
 
 `standard_layer` turns each of them into a standard Keras layer with the same inference output, so saved models load
-with plain `keras.saving.load_model` (nets.export.standard_model).
+with plain `keras.saving.load_model` (deploy.preprocessing.standard_model).
 """
 
 from __future__ import annotations

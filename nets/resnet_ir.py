@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import keras
 
+from common.sizes import image_size_pair
 from nets.norms import check_norm, make_norm
 from nets.output_block import embedding_block
 
@@ -145,7 +146,7 @@ def get_resnet(num_layers: int, type: str = "ir", norm: str = "bn", width: int =
     check_norm(norm)
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1); received {dropout_rate}")
-    height, width_px = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    height, width_px = image_size_pair(image_size)
 
     b = _Builder(norm, synchronized_bn, seed)
     inputs = keras.Input((height, width_px, 3), name="input_layer")

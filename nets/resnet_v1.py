@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import keras
 
+from common.sizes import image_size_pair
 from nets.norms import check_norm, make_norm
 from nets.output_block import embedding_block, seed_sequence
 
@@ -121,7 +122,7 @@ def get_resnet_v1(num_layers: int = 50, unit_type: str = "bottleneck", *, image_
     if unit_type not in UNIT_TYPES:
         raise ValueError(f"unknown unit_type {unit_type!r}; expected one of {', '.join(UNIT_TYPES)}")
     check_norm(norm)
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    height, width = image_size_pair(image_size)
 
     b = _Builder(norm, synchronized_bn, seed)
     inputs = keras.Input((height, width, 3), name="input_layer")

@@ -19,7 +19,9 @@ kernel <-> W_conv2d (conv) / W (dense), bias <-> b, alpha <-> alphas, GN gamma/b
 by their own names. Optimizer slots (``.../Momentum``) and ``global_step`` are ignored; anything else that does not
 match is an error listing the missing and unexpected variables.
 
-TensorFlow reads the checkpoint (tf.train.load_checkpoint); the networks themselves stay backend-neutral.
+TensorFlow reads the checkpoint (tf.train.load_checkpoint); the networks themselves stay backend-neutral. The functions
+here take a checkpoint prefix; models.load_embedding_model (which resolves a folder or one of the checkpoint's files
+to its prefix first) is the way in for users.
 """
 
 from __future__ import annotations
@@ -94,27 +96,9 @@ class SeedArchitecture:
                           embedding_size=self.embedding_size, name=self.scope)
 
 
-def resolve_prefix(ckpt_prefix: str | Path) -> str:
-    """The checkpoint prefix for `ckpt_prefix`: the prefix itself, or the latest/only checkpoint of a folder."""
-    path = Path(ckpt_prefix)
-    if path.is_dir():
-        latest = tf.train.latest_checkpoint(str(path))
-        indexes = sorted(path.glob("*.index"))
-        if latest:
-            return latest
-        if len(indexes) == 1:
-            return str(indexes[0].with_suffix(""))
-        raise FileNotFoundError(f"{path} is a folder with {len(indexes)} checkpoints (*.index) and no 'checkpoint' "
-                                f"file; pass the prefix of one (the .index file name without '.index')")
-    if not Path(f"{path}.index").is_file():
-        raise FileNotFoundError(f"no TF checkpoint at {path}: expected {path}.index and {path}.data-* (pass the prefix "
-                                f"given to the seed's Saver.restore, e.g. .../InsightFace_iter_best_710000.ckpt)")
-    return str(path)
-
-
 def read_variable_shapes(ckpt_prefix: str | Path) -> dict[str, tuple[int, ...]]:
-    """Variable name -> shape of every variable in a TF checkpoint."""
-    return {name: tuple(shape) for name, shape in tf.train.list_variables(resolve_prefix(ckpt_prefix))}
+    """Variable name -> shape of every variable in the TF checkpoint `ckpt_prefix`."""
+    return {name: tuple(shape) for name, shape in tf.train.list_variables(str(ckpt_prefix))}
 
 
 def is_training_state(name: str) -> bool:
@@ -284,7 +268,7 @@ def restore_weights(model: keras.Model, ckpt_prefix: str | Path) -> np.ndarray |
     """Copies a seed checkpoint into `model` (an IR-ResNet of the checkpoint's architecture, e.g. one built by
     SeedArchitecture.build or by training with the same depth/width/norm/unit type) and returns its class weights
     (D, C), or None when it holds none. Raises ValueError listing the differences when the networks do not match."""
-    prefix = resolve_prefix(ckpt_prefix)
+    prefix = str(ckpt_prefix)
     shapes = read_variable_shapes(prefix)
     variables = match_variables(model, shapes)
     reader = tf.train.load_checkpoint(prefix)
@@ -305,10 +289,11 @@ def load(ckpt_prefix: str | Path, image_size: tuple[int, int] | None = None) -> 
     with channel_order="BGR", the seed's convention).
 
     Args:
-        ckpt_prefix: the prefix given to the seed's Saver.restore (or a folder holding one checkpoint).
+        ckpt_prefix: the prefix given to the seed's Saver.restore (models.load_embedding_model also takes a folder
+            or one of the checkpoint's files, and resolves it first).
         image_size: input (height, width) when the checkpoint cannot tell it (non-square inputs).
     """
-    prefix = resolve_prefix(ckpt_prefix)
+    prefix = str(ckpt_prefix)
     architecture = recognise(read_variable_shapes(prefix), image_size)
     log.info("seed checkpoint %s: %s", prefix, architecture.describe())
     model = architecture.build()

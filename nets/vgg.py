@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import keras
 
+from common.sizes import image_size_pair
 from nets.norms import check_norm
 from nets.output_block import embedding_block, seed_sequence
 
@@ -41,7 +42,7 @@ def get_vgg(num_layers: int = 16, *, image_size: int | tuple[int, int] = 112, nu
     if num_layers not in BLOCK_CONVS:
         raise ValueError(f"unknown num_layers {num_layers!r}; expected one of {sorted(BLOCK_CONVS)}")
     check_norm(norm)
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    height, width = image_size_pair(image_size)
     next_seed = seed_sequence(seed)
     inputs = keras.Input((height, width, 3), name="input_layer")
     x = inputs

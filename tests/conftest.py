@@ -2,15 +2,19 @@
 
 A test that needs ../shared/data skips with a reason naming the missing path; when ../shared/data is present such a
 skip fails the run (exit status 1, with a line naming the tests): a machine that has the data must run those tests.
+Likewise a test of the installed project (its console scripts) skips without the editable install, and that skip
+fails the run in the repository's .venv, which `make setup` (hence `make test`) always installs the project into.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import pickle
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,11 +22,14 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SHARED_DATA = REPO.parent / "shared" / "data"
 MXNET_REQUIREMENTS = ("mxnet==1.9.1", "numpy<1.24")
 MXNET_WRITER = Path(__file__).resolve().parent / "mxnet_writer.py"
 _shared_data_skips: list[str] = []  # "nodeid (reason)" of this run's skips that name ../shared/data
+DISTRIBUTION = "insightface-tf"  # pyproject.toml's project name
+NOT_INSTALLED = f"the project is not installed editable from {REPO} (`make setup` runs `pip install -e .`)"
+MAKE_VENV = REPO / ".venv"  # where `make setup` installs it
+_install_skips: list[str] = []  # "nodeid" of this run's skips for NOT_INSTALLED
 
 
 def shared_data_path(name: str) -> Path:
@@ -48,14 +55,34 @@ def lfw_pairs() -> Path:
     return shared_data_path("lfw_pairs.txt")
 
 
+@pytest.fixture(scope="session")
+def installed_scripts() -> Path:
+    """The folder of the project's console scripts (insightface-train, ...), skipping the test when this Python has
+    no editable install of this checkout."""
+    # Every copy of the metadata: run from the repository root, the *.egg-info that the build leaves there comes first.
+    origins = [json.loads(found.read_text("direct_url.json") or "{}")
+               for found in importlib.metadata.distributions(name=DISTRIBUTION)]
+    if not any(origin.get("dir_info", {}).get("editable") and origin.get("url") == REPO.as_uri() for origin in origins):
+        pytest.skip(NOT_INSTALLED)
+    return Path(sysconfig.get_path("scripts"))
+
+
+def _in_make_venv() -> bool:
+    return Path(sys.prefix).resolve() == MAKE_VENV.resolve()
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Remembers the skips whose reason names ../shared/data (shared_data_path's, or any test's own)."""
+    """Remembers the skips whose reason names ../shared/data (shared_data_path's, or any test's own), and those for
+    a missing editable install."""
     if report.skipped and isinstance(report.longrepr, tuple) and str(SHARED_DATA) in report.longrepr[2]:
         _shared_data_skips.append(f"{report.nodeid} ({report.longrepr[2].removeprefix('Skipped: ')})")
+    if report.skipped and isinstance(report.longrepr, tuple) and NOT_INSTALLED in report.longrepr[2]:
+        _install_skips.append(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if SHARED_DATA.is_dir() and _shared_data_skips and session.exitstatus == 0:
+    required_skips = (SHARED_DATA.is_dir() and _shared_data_skips) or (_in_make_venv() and _install_skips)
+    if required_skips and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -63,6 +90,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if SHARED_DATA.is_dir() and _shared_data_skips:
         terminalreporter.write_line(f"FAILED: {len(_shared_data_skips)} test(s) needing real-face data skipped "
                                     f"although {SHARED_DATA} is present: " + "; ".join(_shared_data_skips),
+                                    red=True, bold=True)
+    if _in_make_venv() and _install_skips:
+        terminalreporter.write_line(f"FAILED: {len(_install_skips)} test(s) of the installed project skipped in "
+                                    f"{MAKE_VENV}: {NOT_INSTALLED}: " + "; ".join(_install_skips),
                                     red=True, bold=True)
 
 

@@ -18,7 +18,8 @@ from typing import Annotated
 
 import pytest
 
-from config import Choices, Length, Range, _ImageSizeRule, _PathRule
+from config import Choices, Length, Range
+from config.fields import _ImageSizeRule, _PathRule
 
 REPO = Path(__file__).resolve().parents[1]
 # An absl/TSL C++ log record ("I0000 00:00:1796123710.191372    9794 port.cc:153] ...") and absl's pre-init banner.
@@ -33,7 +34,7 @@ def _scripts() -> list[str]:
     found = []
     for path in sorted(REPO.rglob("*.py")):
         relative = path.relative_to(REPO)
-        if relative.parts[0] in {".venv", "tests"} or relative.name == "config.py":
+        if relative.parts[0] in {".venv", "tests", "config"}:
             continue
         text = path.read_text()
         if re.search(r"^class Args\(", text, re.M) and 'if __name__ == "__main__":' in text:
@@ -48,10 +49,14 @@ def _module(script: str) -> str:
     return script.removesuffix(".py").removesuffix("/__main__").replace("/", ".")
 
 
+# Scripts inside a package that the README runs by their path all the same: the seed's file name.
+RUN_BY_PATH = {"align/align_dataset_mtcnn.py"}
+
+
 def _command(script: str) -> list[str]:
-    """How the README runs it: by path when the script puts the repository on sys.path itself, else with -m."""
-    source = (REPO / script).read_text()
-    if "/" not in script or "sys.path.insert" in source:
+    """How the README runs it: by path a top-level script, a bench/ script (bench/ is no package) and the seed's
+    file names, with -m a module of a package."""
+    if "/" not in script or script.startswith("bench/") or script in RUN_BY_PATH:
         return [sys.executable, script]
     return [sys.executable, "-m", _module(script)]
 
@@ -98,9 +103,9 @@ def _source_comments(args_class) -> dict[str, list[str]]:
 
 
 def _readme_commands() -> list[tuple[str, list[str]]]:
-    """(script, its --key=value arguments) for every `python <script> ...` in README.md's code blocks and inline
-    code, continuation lines joined."""
-    readme = (REPO / "README.md").read_text()
+    """(script, its --key=value arguments) for every `python <script> ...` in the code blocks and inline code of
+    README.md and every docs/*.md page, continuation lines joined."""
+    readme = "\n".join(page.read_text() for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     blocks = re.findall(r"^```[^\n]*\n(.*?)^```", readme, re.M | re.S)
     snippets = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
     snippets += re.findall(r"`([^`\n]*python[^`\n]*)`", readme)
@@ -267,7 +272,7 @@ def test_nets_command_builds_a_square_network_from_one_size():
 
 
 def test_a_tensorflow_log_line_is_printed_once_when_tensorflow_was_imported_first():
-    program = ("import tensorflow as tf\nfrom config import setup_logging\nsetup_logging()\n"
+    program = ("import tensorflow as tf\nfrom common.logs import setup_logging\nsetup_logging()\n"
                "tf.get_logger().info('Reduce to one device then broadcast')\n"
                "import logging\nlogging.getLogger('train_nets').warning('our own warning')\n")
     result = _run([sys.executable, "-c", program])
@@ -384,9 +389,9 @@ def test_required_paths_are_refused_when_left_empty():
 
 def test_choices_match_the_libraries_they_stand_for():
     """The literal choices of the Args (kept literal so a script's --help needs no Keras) are the libraries' own."""
+    from deploy.formats import FORMATS
     from eval.embeddings import FLIP_MODES
-    from losses.margin_head import LOSSES
-    from nets.export import FORMATS
+    from losses.margins import LOSSES
     from nets.norms import NORMS
     from nets.resnet_ir import STAGE_UNITS, UNIT_TYPES, WIDTHS
 

@@ -167,6 +167,21 @@ def test_writer_refuses_what_cannot_be_evaluated(tmp_path, pairs):
     assert not (tmp_path / "x.bin").exists()
 
 
+def test_a_failed_write_keeps_the_earlier_bin_and_leaves_no_temporary_file(tmp_path, pairs, monkeypatch):
+    encoded, issame = pairs
+    path = write_bin(tmp_path / "set.bin", encoded, issame)
+    before = path.read_bytes()
+
+    def disk_full(obj, stream, protocol=None):
+        stream.write(b"half a pickle")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pickle, "dump", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_bin(path, encoded[:2], issame[:1])
+    assert [p.name for p in tmp_path.iterdir()] == ["set.bin"] and path.read_bytes() == before
+
+
 # --- against mxnet 1.9.1 itself (a side venv: tests/side_venv.py, tests/mxnet_writer.py) ---------------------------
 
 @pytest.fixture(scope="module")

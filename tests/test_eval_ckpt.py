@@ -106,9 +106,9 @@ def test_tensorboard_holds_validation_numbers_and_samples_per_second(tiny_run, t
 
 def test_keras_export_gives_the_checkpoint_s_numbers(tiny_run, tmp_path):
     root = tiny_run["root"]
-    from training.checkpoints import load_embedding_model
+    from models import load_embedding_model
 
-    model = load_embedding_model(root / "ckpt" / "InsightFace_iter-3")
+    model = load_embedding_model(root / "ckpt" / "InsightFace_iter-3").model
     model.save(tmp_path / "embedding.keras")
     common = dict(eval_dataset=str(root / "heldout"), eval_pair=str(root / "pairs.txt"), batch_size=8,
                   ckpt_index_list=[], channel_order="RGB")

@@ -1,4 +1,5 @@
-"""nets.export and export.py: every format runs back to the Keras model's embeddings, preprocessing included.
+"""deploy.formats, deploy.preprocessing and export.py: every format runs back to the Keras model's embeddings,
+preprocessing included.
 
 Each exported file is run here with its own runtime (the SavedModel's serving_default signature, onnxruntime, the
 TFLite interpreter, keras.saving) and compared with the Keras model; the built-in preprocessing is compared with the
@@ -7,6 +8,7 @@ seed's convention written in numpy (RGB uint8 -> channel order -> (x - 127.5) / 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -19,7 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nets import export, get_backbone, get_resnet
+from deploy import formats
+from deploy.preprocessing import PREPROCESS_BGR, PREPROCESS_SCALE, save_keras, with_preprocessing
+from nets import get_backbone, get_resnet
 from strict_json import load_strict_json
 
 IMAGE_SIZE = 112
@@ -81,7 +85,7 @@ def run_onnx(path, inputs):
 
 @pytest.mark.parametrize("channel_order", ["BGR", "RGB"])
 def test_built_in_preprocessing_is_the_seed_convention(network, images, channel_order):
-    deployed = export.with_preprocessing(network, channel_order)
+    deployed = with_preprocessing(network, channel_order)
     assert deployed.input.dtype == "uint8" and deployed.output_shape == (None, 512)
     output = deployed(images).numpy()
     assert relative_difference(output, seed_convention(network, images, channel_order)) < 1e-5
@@ -89,12 +93,12 @@ def test_built_in_preprocessing_is_the_seed_convention(network, images, channel_
 
 
 def test_saved_model_and_tflite_run_back_to_keras(network, images, tmp_path):
-    deployed = export.with_preprocessing(network, "BGR")
-    results = export.export_model(deployed, tmp_path, ["saved_model", "tflite"], images)
+    deployed = with_preprocessing(network, "BGR")
+    results = formats.export_model(deployed, tmp_path, ["saved_model", "tflite"], images)
     reference = seed_convention(network, images)
     assert relative_difference(run_saved_model(tmp_path / "saved_model", images), reference) < 1e-4
     assert relative_difference(run_tflite(tmp_path / "embedding.tflite", images), reference) < 1e-4
-    report = load_strict_json(tmp_path / export.REPORT_FILE)
+    report = load_strict_json(tmp_path / formats.REPORT_FILE)
     assert [r["format"] for r in report] == ["saved_model", "tflite"] == [r.format for r in results]
     assert all(r["max_relative_difference"] < 1e-4 for r in report)
     # float32 weights stored once (Keras' own SavedModel export stores them twice, keras-team/keras#23553)
@@ -103,7 +107,7 @@ def test_saved_model_and_tflite_run_back_to_keras(network, images, tmp_path):
 
 def test_keras_file_without_preprocessing_round_trips(network, images, tmp_path):
     inputs = ((images[..., ::-1].astype(np.float32) - 127.5) / 128.0)
-    export.export_model(network, tmp_path, ["keras"], inputs)
+    formats.export_model(network, tmp_path, ["keras"], inputs)
     loaded = keras.saving.load_model(tmp_path / "embedding.keras", compile=False)
     reference = network(inputs, training=False).numpy()
     assert relative_difference(loaded(inputs, training=False).numpy(), reference) < 1e-6
@@ -112,9 +116,9 @@ def test_keras_file_without_preprocessing_round_trips(network, images, tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("preprocessing", [True, False])
 def test_onnx_runs_back_to_keras(network, images, tmp_path, preprocessing):
-    model = export.with_preprocessing(network) if preprocessing else network
+    model = with_preprocessing(network) if preprocessing else network
     inputs = images if preprocessing else ((images[..., ::-1].astype(np.float32) - 127.5) / 128.0)
-    export.export_model(model, tmp_path, ["onnx"], inputs)
+    formats.export_model(model, tmp_path, ["onnx"], inputs)
     reference = model(inputs, training=False).numpy().astype(np.float64)
     assert relative_difference(run_onnx(tmp_path / "embedding.onnx", inputs), reference) < 1e-4
 
@@ -126,19 +130,19 @@ def test_small_network_onnx_runs_back_to_keras(tmp_path, preprocessing):
     network = _tiny_network(32)
     images = np.random.default_rng(6).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     floats = ((images[..., ::-1].astype(np.float32) - 127.5) / 128.0)
-    model, inputs = (export.with_preprocessing(network), images) if preprocessing else (network, floats)
-    export.export_model(model, tmp_path, ["onnx"], inputs)
+    model, inputs = (with_preprocessing(network), images) if preprocessing else (network, floats)
+    formats.export_model(model, tmp_path, ["onnx"], inputs)
     reference = seed_convention(network, images) if preprocessing else network(floats).numpy().astype(np.float64)
     assert relative_difference(run_onnx(tmp_path / "embedding.onnx", inputs), reference) < 1e-5
-    (report,) = load_strict_json(tmp_path / export.REPORT_FILE)
+    (report,) = load_strict_json(tmp_path / formats.REPORT_FILE)
     assert report["format"] == "onnx" and report["max_relative_difference"] < 1e-5
 
 
 @pytest.mark.slow
 def test_quantised_tflite_is_reported(network, images, tmp_path):
-    deployed = export.with_preprocessing(network)
+    deployed = with_preprocessing(network)
     calibration = np.random.default_rng(1).integers(0, 256, (16, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    results = {r.format: r for r in export.export_model(deployed, tmp_path, ["tflite_fp16", "tflite_int8"], images,
+    results = {r.format: r for r in formats.export_model(deployed, tmp_path, ["tflite_fp16", "tflite_int8"], images,
                                                         calibration)}
     reference = seed_convention(network, images)
     fp16 = run_tflite(tmp_path / "embedding_fp16.tflite", images)
@@ -166,7 +170,7 @@ def test_cli_uses_the_recorded_channel_order(images, tmp_path):
 
 def test_unknown_format_is_named(network, tmp_path):
     with pytest.raises(ValueError, match="'pb'.*saved_model, keras, onnx"):
-        export.export_model(network, tmp_path, ["pb"], np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))
+        formats.export_model(network, tmp_path, ["pb"], np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +182,7 @@ import numpy as np
 for path, inputs in zip(sys.argv[1::2], sys.argv[2::2]):
     model = keras.saving.load_model(path)
     np.save(path + ".out.npy", keras.ops.convert_to_numpy(model(np.load(inputs), training=False)))
-assert not [name for name in sys.modules if name.split(".")[0] in ("nets", "data", "training")]
+assert not [name for name in sys.modules if name.split(".")[0] in ("nets", "data", "training", "deploy", "common")]
 """
 
 
@@ -194,9 +198,9 @@ def test_saved_models_load_with_plain_keras_and_give_the_same_embeddings(tmp_pat
     floats = ((images[..., ::-1].astype(np.float32) - 127.5) / 128.0)
     np.save(tmp_path / "images.npy", images)
     np.save(tmp_path / "floats.npy", floats)
-    export.save_keras(model, tmp_path / "best.keras")
-    export.export_model(model, tmp_path / "raw", ["keras"], floats)
-    export.export_model(export.with_preprocessing(model), tmp_path / "deploy", ["keras"], images)
+    save_keras(model, tmp_path / "best.keras")
+    formats.export_model(model, tmp_path / "raw", ["keras"], floats)
+    formats.export_model(with_preprocessing(model), tmp_path / "deploy", ["keras"], images)
     files = [(tmp_path / "best.keras", "floats"), (tmp_path / "raw" / "embedding.keras", "floats"),
              (tmp_path / "deploy" / "embedding.keras", "images")]
     argv = [str(arg) for path, name in files for arg in (path, tmp_path / f"{name}.npy")]
@@ -238,7 +242,7 @@ def _tiny_network(size=32, renorm=False):
 
 
 def _readme_onnx_snippet() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "export.md").read_text()
     block = text[text.index("# deploy-snippet: start"):text.index("# deploy-snippet: onnx end")]
     header, onnx_part = block[:block.index("# SavedModel")], block[block.index("# ONNX"):]
     assert "faces = " in header and "onnxruntime" in onnx_part
@@ -249,11 +253,11 @@ def test_readme_onnx_snippet_runs_on_an_export_that_resizes(tmp_path):
     """export with input_size: the metadata records the input, the model resizes inside, and the README's ONNX code,
     as written, runs in a fresh process on it and gives the independent numpy reference."""
     network = _tiny_network(32)
-    deployed = export.with_preprocessing(network, "BGR", input_size=(48, 40))
+    deployed = with_preprocessing(network, "BGR", input_size=(48, 40))
     images = np.random.default_rng(2).integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)
     out = tmp_path / "output" / "export"
-    export.export_model(deployed, out, ["onnx"], images)
-    metadata = load_strict_json(out / export.METADATA_FILE)
+    formats.export_model(deployed, out, ["onnx"], images)
+    metadata = load_strict_json(out / formats.METADATA_FILE)
     assert metadata["input_size"] == [48, 40] and metadata["network_input_size"] == [32, 32]
     assert metadata["channel_order"] == "BGR" and metadata["input"] == "uint8 RGB"
 
@@ -281,7 +285,7 @@ def test_re_exporting_an_export_keeps_it_and_never_wraps_twice(tmp_path):
     twice is refused by the check, and with_preprocessing refuses a wrapped model."""
     network = _tiny_network(32)
     out = tmp_path / "export"
-    export.export_model(export.with_preprocessing(network), out, ["keras"],
+    formats.export_model(with_preprocessing(network), out, ["keras"],
                         np.zeros((1, 32, 32, 3), np.uint8) + 100)
     again = _export_cli(f"--input_model={out / 'embedding.keras'}", f"--output_dir={out}", "--formats=keras",
                         "--num_check_images=2")
@@ -299,12 +303,12 @@ def test_re_exporting_an_export_keeps_it_and_never_wraps_twice(tmp_path):
 
     deployed = keras.saving.load_model(out / "embedding.keras")
     with pytest.raises(ValueError, match="already takes uint8 images"):
-        export.with_preprocessing(deployed)
+        with_preprocessing(deployed)
     twice = keras.Input((32, 32, 3), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 128, offset=-127.5 / 128, name=export.PREPROCESS_SCALE)(twice)
+    x = keras.layers.Rescaling(1 / 128, offset=-127.5 / 128, name=PREPROCESS_SCALE)(twice)
     twice = keras.Model(twice, keras.layers.UnitNormalization()(deployed(x)))
     with pytest.raises(ValueError, match="wraps the preprocessing twice"):
-        export.export_model(twice, tmp_path / "twice", ["keras"], images)
+        formats.export_model(twice, tmp_path / "twice", ["keras"], images)
 
 
 def test_a_failed_export_leaves_the_previous_one(tmp_path):
@@ -312,11 +316,117 @@ def test_a_failed_export_leaves_the_previous_one(tmp_path):
     reference: the export fails, and the good files of the earlier export are untouched."""
     network = _tiny_network(32)
     images = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    export.export_model(export.with_preprocessing(network), tmp_path, ["keras", "saved_model"], images)
+    formats.export_model(with_preprocessing(network), tmp_path, ["keras", "saved_model"], images)
     before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    broken = export.with_preprocessing(network)
-    broken.get_layer(export.PREPROCESS_BGR).kernel.assign(np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3))
+    broken = with_preprocessing(network)
+    broken.get_layer(PREPROCESS_BGR).kernel.assign(np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3))
     with pytest.raises(RuntimeError, match="differ from the reference.*keras.*nothing written"):
-        export.export_model(broken, tmp_path, ["keras", "saved_model"], images)
+        formats.export_model(broken, tmp_path, ["keras", "saved_model"], images)
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_re_export_replaces_a_saved_model_folder(tmp_path):
+    """A second export over a first swaps the SavedModel folder whole: it runs the new network, and neither the
+    previous folder nor the scratch folder is left beside it."""
+    first, second = _tiny_network(32), _tiny_network(32)
+    dense = second.get_layer("dense")
+    dense.kernel.assign(-2.0 * dense.kernel.numpy())  # a different network: outputs scaled by -2 (bias is zero)
+    inputs = np.random.default_rng(7).normal(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    formats.export_model(first, tmp_path, ["saved_model"], inputs)
+    formats.export_model(second, tmp_path, ["saved_model"], inputs)
+    reference = second(inputs, training=False).numpy().astype(np.float64)
+    assert relative_difference(run_saved_model(tmp_path / "saved_model", inputs), reference) < 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["saved_model", formats.REPORT_FILE, formats.METADATA_FILE])
+
+
+# --- TensorFlow-free deployment: deploy.preprocessing and nets/ need Keras only -----------------------------------
+
+# Keras' numpy backend runs convolutions through jax.lax (keras/src/backend/numpy/nn.py imports jax), so the side venv
+# holds keras, jax and numpy and no TensorFlow at all: the script can only pass if nothing it imports needs TensorFlow.
+NUMPY_BACKEND_REQUIREMENTS = [f"keras=={keras.__version__}", "jax==0.10.2", f"numpy=={np.__version__}"]
+NUMPY_BACKEND_RUN = """
+import importlib.util
+import sys
+
+import keras
+import numpy as np
+
+from deploy.preprocessing import save_keras, with_preprocessing
+from nets import get_resnet
+
+weights, images, out = sys.argv[1:]
+assert keras.backend.backend() == "numpy", keras.backend.backend()
+network = get_resnet(18, image_size=32, seed=0)
+network.load_weights(weights)
+save_keras(with_preprocessing(network, "BGR", input_size=(40, 36)), out + "/deploy.keras")
+loaded = keras.saving.load_model(out + "/deploy.keras")
+np.save(out + "/embeddings.npy", keras.ops.convert_to_numpy(loaded(np.load(images), training=False)))
+assert importlib.util.find_spec("tensorflow") is None, "this venv has TensorFlow: the run proves nothing"
+assert "tensorflow" not in sys.modules
+assert not [name for name in sys.modules if name.split(".")[0] == "data"]
+"""
+
+
+@pytest.fixture(scope="module")
+def numpy_backend_python() -> Path:
+    """The python of a side venv with keras + jax + numpy and no TensorFlow (built once: ~30 s, then reused)."""
+    from side_venv import SideVenvUnavailable, side_venv_python
+
+    check = ("import importlib.util, os; os.environ['KERAS_BACKEND'] = 'numpy'; import keras; "
+             "assert keras.backend.backend() == 'numpy'; assert importlib.util.find_spec('tensorflow') is None")
+    try:
+        return side_venv_python("keras-numpy-venv", NUMPY_BACKEND_REQUIREMENTS, check)
+    except SideVenvUnavailable as err:
+        pytest.skip(f"TensorFlow-free deployment not run: {err}")
+
+
+def test_deployed_keras_model_is_built_saved_and_run_without_tensorflow(numpy_backend_python, tmp_path):
+    """In a venv without TensorFlow (Keras' numpy backend), nets builds a depth-18 IR-ResNet (conv, BN, PReLU,
+    dropout, dense), deploy.preprocessing wraps it (rescale, BGR swap, bilinear resize 40x36 -> 32x32, L2 norm) and
+    saves it, and the loaded .keras gives the TensorFlow-backend network's output on numpy-preprocessed images."""
+    network = get_resnet(18, image_size=32, seed=0)
+    rng = np.random.default_rng(8)
+    for layer in network.layers:  # non-trivial BN statistics, so inference really uses them
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
+    network.save_weights(tmp_path / "network.weights.h5")
+    images = rng.integers(0, 256, (3, 40, 36, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run([str(numpy_backend_python), "-c", NUMPY_BACKEND_RUN, str(tmp_path / "network.weights.h5"),
+                             str(tmp_path / "images.npy"), str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                                              "KERAS_BACKEND": "numpy"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    x = numpy_bilinear((images[..., ::-1].astype(np.float64) - 127.5) / 128.0, (32, 32))
+    reference = network(x.astype(np.float32), training=False).numpy().astype(np.float64)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    assert relative_difference(np.load(tmp_path / "embeddings.npy"), reference) < 1e-5
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function (absolute names; relative ones are not used)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_model_code_and_deploy_preprocessing_import_no_tensorflow():
+    """nets/ (but its TF1 checkpoint reader), deploy.preprocessing and common/ import neither TensorFlow nor the
+    TensorFlow input pipeline (data/), directly or inside a function; nets/ does not reach into deploy/ either."""
+    files = [REPO / "deploy" / "preprocessing.py", *sorted((REPO / "common").glob("*.py")),
+             *sorted(p for p in (REPO / "nets").glob("*.py") if p.name != "seed_checkpoint.py")]
+    offending = {}
+    for path in files:
+        forbidden = ("tensorflow", "data", "training", "eval") + (("deploy",) if path.parent.name == "nets" else ())
+        found = sorted(name for name in _imported_modules(path) if name.split(".")[0] in forbidden)
+        if found:
+            offending[str(path.relative_to(REPO))] = found
+    assert len(files) > 10 and not offending

@@ -1,5 +1,6 @@
 """The install: requirements.txt is the runtime, requirements-test.txt adds the test tools, and the Makefile's
-`make demo` installs the first while `make test` (what CI and the README's second command run) installs both."""
+`make demo` installs the first and then the project itself (editable, without dependencies: requirements.txt pins
+them) while `make test` (what CI and the README's second command run) adds the test tools."""
 
 from __future__ import annotations
 
@@ -40,10 +41,11 @@ def pip_installs(target: str, tmp_path: Path) -> list[list[str]]:
     dry_run = subprocess.run(f"make -n {target} VENV={shlex.quote(str(tmp_path / 'venv'))} PYTHON={sys.executable}",
                              shell=True, cwd=REPO, capture_output=True, text=True, check=True).stdout
     commands = [shlex.split(line) for line in dry_run.splitlines()]
-    return [words[2:] for words in commands if words[0].endswith("/pip") and words[1] == "install" and "-r" in words]
+    return [words[2:] for words in commands if words[0].endswith("/pip") and words[1] == "install"
+            and "--upgrade" not in words]
 
 
-def test_make_demo_installs_the_runtime_and_make_test_the_test_tools_too(tmp_path):
-    assert pip_installs("demo", tmp_path) == [["--quiet", "-r", "requirements.txt"]]
-    assert pip_installs("test", tmp_path) == [["--quiet", "-r", "requirements.txt"],
-                                              ["--quiet", "-r", "requirements-test.txt"]]
+def test_make_demo_installs_the_runtime_then_the_project_and_make_test_the_test_tools_too(tmp_path):
+    runtime_then_project = [["--quiet", "-r", "requirements.txt"], ["--quiet", "--no-deps", "-e", "."]]
+    assert pip_installs("demo", tmp_path) == runtime_then_project
+    assert pip_installs("test", tmp_path) == [*runtime_then_project, ["--quiet", "-r", "requirements-test.txt"]]

@@ -17,7 +17,7 @@ import demo
 import eval_ckpt_file
 import generate_pairs
 import train_nets
-from training.build import build_embedding_model
+from nets.spec import NetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def test_training_learns_held_out_identities_fast(tmp_path, caplog):
     train_dir, eval_dir, pairs = demo.make_data(args, tmp_path / "data")
     settings = demo.train_args(args, train_dir, tmp_path / "run", args.max_steps)
     settings.set("show_info_interval", 1)
-    build_embedding_model(settings).save(tmp_path / "untrained.keras")
+    NetworkSpec.from_mapping(settings.to_dict()).build().save(tmp_path / "untrained.keras")
     untrained = demo.evaluate(args, str(tmp_path / "untrained.keras"), eval_dir, pairs, tmp_path / "eval0")
     with caplog.at_level(logging.INFO, logger="train_nets"):
         summary = train_nets.train(settings)
@@ -99,7 +99,7 @@ def test_orl_training_beats_the_untrained_network(orl_faces, tmp_path):
                            train_dataset_dir=str(train_dir), validate_interval=0, ckpt_interval=300,
                            ckpt_path=str(tmp_path / "ckpt"), summary_path=str(tmp_path / "summary"),
                            log_file_path=str(tmp_path / "logs"))
-    build_embedding_model(args).save(tmp_path / "untrained.keras")
+    NetworkSpec.from_mapping(args.to_dict()).build().save(tmp_path / "untrained.keras")
     baseline = _accuracy(str(tmp_path / "untrained.keras"), heldout, pairs, tmp_path / "eval0")
     start = time.perf_counter()
     summary = train_nets.train(args)
@@ -143,7 +143,7 @@ def test_yale_real_faces_end_to_end(yale_faces, tmp_path):
                            train_dataset_dir=str(aligned["train"]), validate_interval=0, ckpt_interval=100,
                            ckpt_path=str(tmp_path / "ckpt"), summary_path=str(tmp_path / "summary"),
                            log_file_path=str(tmp_path / "logs"))
-    build_embedding_model(args).save(tmp_path / "untrained.keras")
+    NetworkSpec.from_mapping(args.to_dict()).build().save(tmp_path / "untrained.keras")
     baseline = _accuracy(str(tmp_path / "untrained.keras"), aligned["heldout"], pairs, tmp_path / "eval0")
     summary = train_nets.train(args)
     trained = _accuracy(summary["checkpoint"], aligned["heldout"], pairs, tmp_path / "eval1")

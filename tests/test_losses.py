@@ -161,3 +161,67 @@ def test_cross_entropy_matches_numpy():
     shifted = logits - logits.max(axis=1, keepdims=True)
     expected = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(5), labels])
     assert float(sparse_softmax_cross_entropy(logits.astype("float32"), labels)) == pytest.approx(expected, rel=1e-5)
+
+
+# The published defaults, written here independently of losses.margins: ArcFace (64, 0.5), CosFace (30, 0.4) and
+# insightface's combined margin (64; 1.0, 0.3, 0.2).
+def _reference_at_published_defaults(loss, x, y, w):
+    if loss == "arcface":
+        return arcface_ref(x, y, w, s=64.0, m=0.5)
+    if loss == "cosface":
+        return cosface_ref(x, y, w, s=30.0, m=0.4)
+    if loss == "combined":
+        return combined_ref(x, y, w, 64.0, 1.0, 0.3, 0.2)
+    return x @ w
+
+
+def _training_head_logits(args, x, y, w):
+    """The logits of the head train_nets builds for `args` (make_head from Args.head_margins), with weights w."""
+    from losses import make_head
+
+    head = make_head(args.loss, w.shape[1], **args.head_margins(), seed=0)
+    head.build((None, w.shape[0]))
+    head.embedding_weights.assign(w.astype("float32"))
+    return head(x.astype("float32"), y)
+
+
+@pytest.mark.parametrize("loss", ["arcface", "cosface", "combined", "softmax"])
+def test_the_defaults_reach_the_training_head_and_the_logit_functions(loss):
+    """Args with every margin left at None, and the logit functions called without margins, give the published
+    defaults: the float64 formula at those values."""
+    import train_nets
+
+    x, y, w = _inputs()
+    args = train_nets.Args(loss=loss)
+    assert (args.margin_s, args.margin_m, args.margin_m1, args.margin_m2, args.margin_m3) == (None,) * 5
+    expected = _reference_at_published_defaults(loss, x, y, w)
+    _close(_training_head_logits(args, x, y, w), expected, 64)
+    function = {"arcface": face_losses.arcface_logits, "cosface": face_losses.cosface_logits,
+                "combined": face_losses.combined_margin_logits, "softmax": face_losses.softmax_logits}[loss]
+    _close(function(x.astype("float32"), y, w.astype("float32")), expected, 64)
+
+
+@pytest.mark.parametrize("loss, patched", [("arcface", {"s": 48.0, "m": 0.35}), ("cosface", {"s": 20.0, "m": 0.25}),
+                                           ("combined", {"s": 32.0, "m1": 1.2, "m2": 0.15, "m3": 0.1})])
+def test_the_training_head_takes_its_defaults_from_DEFAULT_MARGINS(loss, patched, monkeypatch):
+    """Changing DEFAULT_MARGINS alone changes the head of Args() (the combined m1, m2, m3 too): no other copy of the
+    defaults stands in between."""
+    import train_nets
+    from losses.margins import DEFAULT_MARGINS
+
+    for key, value in patched.items():
+        monkeypatch.setitem(DEFAULT_MARGINS[loss], key, value)
+    x, y, w = _inputs()
+    reference = {"arcface": lambda: arcface_ref(x, y, w, **patched), "cosface": lambda: cosface_ref(x, y, w, **patched),
+                 "combined": lambda: combined_ref(x, y, w, **patched)}[loss]
+    _close(_training_head_logits(train_nets.Args(loss=loss), x, y, w), reference(), patched["s"])
+
+
+def test_given_margins_override_the_defaults_and_unused_ones_are_ignored():
+    import train_nets
+
+    x, y, w = _inputs()
+    combined = train_nets.Args(loss="combined", margin_s=32.0, margin_m2=0.4, margin_m=0.9)  # m: not a combined margin
+    _close(_training_head_logits(combined, x, y, w), combined_ref(x, y, w, 32.0, 1.0, 0.4, 0.2), 32)
+    arcface = train_nets.Args(loss="arcface", margin_m=0.3, margin_m1=1.5)  # m1: not an arcface margin
+    _close(_training_head_logits(arcface, x, y, w), arcface_ref(x, y, w, s=64.0, m=0.3), 64)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from losses import MarginHead, sparse_softmax_cross_entropy
-from nets import get_resnet
+from nets import get_mobilefacenet, get_resnet, get_resnet_v1, get_vgg
 from nets.norms import BatchRenormalization
 from nets.resnet_ir import STAGE_UNITS, seed_scope
 
@@ -136,6 +136,19 @@ def test_seeded_builds_are_identical():
     a, b = get_resnet(18, image_size=32, seed=5), get_resnet(18, image_size=32, seed=5)
     for wa, wb in zip(a.weights, b.weights):
         np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+
+
+BUILDERS = {"resnet_ir": lambda size: get_resnet(18, image_size=size, embedding_size=8),
+            "resnet_v1": lambda size: get_resnet_v1(50, image_size=size, embedding_size=8),
+            "mobilefacenet": lambda size: get_mobilefacenet(image_size=size, embedding_size=8),
+            "vgg": lambda size: get_vgg(16, image_size=size, embedding_size=8)}
+
+
+@pytest.mark.parametrize("builder", sorted(BUILDERS))
+def test_every_builder_takes_one_n_for_n_by_n_and_refuses_other_sizes(builder):
+    assert BUILDERS[builder]([32]).input_shape == (None, 32, 32, 3)
+    with pytest.raises(ValueError, match=r"image size \[32, 32, 3\]: expected N or \[height, width\]"):
+        BUILDERS[builder]([32, 32, 3])
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

@@ -255,6 +255,7 @@ def test_install_cell_stops_with_what_pip_left_unmet_instead_of_restarting(tmp_p
     assert notebook.cells[3].execution_count is None
 
 
-def test_the_install_cell_logs_with_config_py_which_needs_only_the_standard_library():
-    # The install cell imports config.py before anything is installed; -S: no site-packages, the standard library only.
-    subprocess.run([sys.executable, "-S", "-c", "import config; config.setup_logging()"], cwd=REPO, check=True)
+def test_the_install_cell_logs_with_common_logs_which_needs_only_the_standard_library():
+    # The install cell imports common/ before anything is installed; -S: no site-packages, the standard library only.
+    subprocess.run([sys.executable, "-S", "-c", "from common.logs import setup_logging; setup_logging()"], cwd=REPO,
+                   check=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 
 import cv2
@@ -303,15 +304,46 @@ def test_a_header_with_more_folds_than_the_readable_pairs_names_the_file(tmp_pat
         load_pairs_set(tmp_path / "data", path, image_size=(12, 10), skip_missing=True)
 
 
+def test_load_pair_images_keeps_the_readable_pairs_in_file_order_and_reads_each_file_once(tmp_path):
+    from eval.pairs import load_pair_images
+
+    for name, image in (("Ann", "a.png"), ("Ann", "b.png"), ("Bob", "c.png"), ("Cy", "d.png")):
+        write_image(tmp_path / "data" / name / image, seed=len(image))
+    path = tmp_path / "pairs.txt"
+    path.write_text("2\t1\nAnn\ta.png\tb.png\nAnn\ta.png\tBob\tc.png\nCy\td.png\tBob\tc.png\n"
+                    "Bob\tc.png\tAnn\tb.png\n")
+    reads = []
+
+    def read(image_path):
+        reads.append(image_path)
+        if image_path.name == "d.png":
+            raise ValueError("unreadable")
+        return f"pixels of {image_path.parent.name}/{image_path.name}"
+
+    pairs = load_pair_images(path, tmp_path / "data", read)
+    expected = ["Ann/a.png", "Ann/b.png", "Ann/a.png", "Bob/c.png", "Bob/c.png", "Ann/b.png"]
+    assert pairs.paths == [tmp_path / "data" / name for name in expected]
+    assert pairs.images == [f"pixels of {name}" for name in expected]
+    assert pairs.issame.tolist() == [True, False, False] and pairs.num_pairs == 3
+    assert pairs.num_folds == 2 and pairs.num_listed == 4
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == 4
+
+    path.write_text("1\t4\nAnn\ta.png\tb.png\n")  # a View-1 header: one set, no folds to cross-validate over
+    assert load_pair_images(path, tmp_path / "data", read).num_folds is None
+    path.write_text("Cy\td.png\tAnn\ta.png\n")
+    with pytest.raises(ValueError, match="no pair has two readable images"):
+        load_pair_images(path, tmp_path / "data", read)
+
+
 def test_a_failed_write_keeps_the_earlier_pairs_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "pairs.txt"
     path.write_text("the user's file\n")
     pairs = [Pair("Ann", "a.png", "Ann", "b.png"), Pair("Ann", "a.png", "Bob", "c.png")]
 
-    def disk_full(self, target):
+    def disk_full(source, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(type(path), "replace", disk_full)
+    monkeypatch.setattr(os, "replace", disk_full)  # the last step of every write (common.files)
     with pytest.raises(OSError, match="No space left"):
         write_pairs(path, pairs, num_folds=1, pairs_per_fold=1)
     monkeypatch.undo()

@@ -17,6 +17,7 @@ import tensorflow as tf
 from numpy.lib.stride_tricks import sliding_window_view
 
 from data.preprocess import normalize
+from models.checkpoints import resolve_checkpoint
 from nets import seed_checkpoint
 
 UNITS = {18: (2, 2, 2, 2), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
@@ -238,7 +239,7 @@ def test_mismatch_lists_missing_and_unexpected(tmp_path):
 
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no TF checkpoint at .*absent.ckpt"):
-        seed_checkpoint.load(tmp_path / "absent.ckpt")
+        resolve_checkpoint(tmp_path / "absent.ckpt")
 
 
 def test_restore_class_weights_into_a_matching_head():
@@ -267,7 +268,8 @@ def test_training_fine_tunes_from_the_wide_100_layer_checkpoint(tmp_path):
     """Models B-C: the 4x-wide 100-layer net under the seed's scope resnet_v1_101 (215 M weights at 32x32), restored
     into the network train_nets builds for net_depth=100, net_width=4 (named resnet_v1_100)."""
     import train_nets
-    from training.build import build_embedding_model, build_head
+    from nets.spec import NetworkSpec
+    from losses import make_head
     from training.checkpoints import restore_for_fine_tuning
 
     shapes = seed_variable_shapes("resnet_v1_101", UNITS[100], width=4, image_size=32, num_classes=5)
@@ -276,7 +278,8 @@ def test_training_fine_tunes_from_the_wide_100_layer_checkpoint(tmp_path):
     write_tf1_checkpoint(prefix, values)
 
     args = train_nets.Args(net_depth=100, net_width=4, image_size=[32, 32])
-    model, head = build_embedding_model(args), build_head(args, 5)
+    model = NetworkSpec.from_mapping(args.to_dict()).build()
+    head = make_head(args.loss, 5, **args.head_margins(), seed=args.seed)
     head.build((None, 512))
     restore_for_fine_tuning(model, head, prefix, with_head=True)
     restored = {}

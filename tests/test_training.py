@@ -22,7 +22,8 @@ import tensorflow as tf
 
 import train_nets
 from data import synthetic
-from training.build import build_embedding_model, build_head
+from nets.spec import NetworkSpec
+from losses import make_head
 from training.optim import lr_boundaries, piecewise_schedule
 from training.step import make_train_step
 
@@ -135,7 +136,8 @@ def _seed_decayed_values(model: keras.Model, head) -> list[np.ndarray]:
 def test_two_steps_match_an_independent_loss_and_momentum_sgd_update():
     args = train_nets.Args(net_depth=18, image_size=[32, 32], dropout_rate=0.0, batch_size=8, momentum=0.9,
                            lr_values=[0.05, 0.01, 0.005, 0.001])
-    model, head = build_embedding_model(args), build_head(args, 5)
+    model = NetworkSpec.from_mapping(args.to_dict()).build()
+    head = make_head(args.loss, 5, **args.head_margins(), seed=args.seed)
     head.build((None, 512))
     optimizer = keras.optimizers.SGD(piecewise_schedule(args.lr_values, [100, 200, 300]), momentum=args.momentum)
     variables = model.trainable_variables + head.trainable_variables
@@ -162,7 +164,8 @@ def test_two_steps_match_an_independent_loss_and_momentum_sgd_update():
         return grads
 
     grads = gradients()
-    train_step = make_train_step(args, tf.distribute.get_strategy(), model, head, optimizer, 8)
+    train_step = make_train_step(tf.distribute.get_strategy(), model, head, optimizer, 8,
+                                 weight_decay=args.weight_decay)
     metrics = train_step(images, labels)
     assert float(metrics["inference_loss"]) == pytest.approx(expected_ce, rel=1e-5)
     assert float(metrics["wd_loss"]) == pytest.approx(expected_wd, rel=1e-5)
@@ -227,11 +230,14 @@ def test_gradient_accumulation_equals_the_full_batch():
     for accum in (1, 2):
         args = train_nets.Args(net_depth=18, norm="gn", image_size=[32, 32], dropout_rate=0.0, batch_size=8,
                                grad_accum_steps=accum, lr_values=[0.1] * 4, seed=7)
-        model, head = build_embedding_model(args), build_head(args, 4)
+        model = NetworkSpec.from_mapping(args.to_dict()).build()
+        head = make_head(args.loss, 4, **args.head_margins(), seed=args.seed)
         head.build((None, 512))
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
         optimizer.build(model.trainable_variables + head.trainable_variables)
-        metrics = make_train_step(args, tf.distribute.get_strategy(), model, head, optimizer, 8)(images, labels)
+        train_step = make_train_step(tf.distribute.get_strategy(), model, head, optimizer, 8,
+                                     weight_decay=args.weight_decay, grad_accum_steps=args.grad_accum_steps)
+        metrics = train_step(images, labels)
         results.append((float(metrics["total_loss"]), [v.numpy() for v in model.weights + head.weights]))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
@@ -253,9 +259,9 @@ def test_run_checkpoints_args_and_fine_tuning(faces, tmp_path):
     # Fine-tuning: a new run starts from that backbone with a fresh head.
     tuned = train_nets.Args.from_cli([*TINY, f"--train_dataset_dir={faces}", "--max_steps=1",
                                       f"--restore_path={summary['checkpoint']}", *_out_args(tmp_path / "b")])
-    model = build_embedding_model(tuned)
+    model = NetworkSpec.from_mapping(tuned.to_dict()).build()
     from training.checkpoints import restore_for_fine_tuning
-    head = build_head(tuned, 5)
+    head = make_head(tuned.loss, 5, **tuned.head_margins(), seed=tuned.seed)
     head.build((None, 512))
     restore_for_fine_tuning(model, head, summary["checkpoint"], with_head=False)
     saved = _saved_values(summary["checkpoint"])
@@ -317,7 +323,8 @@ TWO_REPLICAS = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from train_nets_mgpu_new import make_strategy
     import train_nets
-    from training.build import build_embedding_model, build_head
+    from nets.spec import NetworkSpec
+    from losses import make_head
     from training.step import make_train_step
 
     strategy = make_strategy(2)
@@ -329,11 +336,12 @@ TWO_REPLICAS = textwrap.dedent("""
         args = train_nets.Args(net_depth=18, image_size=[32, 32], dropout_rate=dropout_rate, batch_size=8,
                                sync_bn=True, seed=3, weight_decay=0.0 if dropout_rate else 5e-4)
         with strategy.scope():
-            model, head = build_embedding_model(args), build_head(args, 6)
+            model = NetworkSpec.from_mapping(args.to_dict()).build()
+            head = make_head(args.loss, 6, **args.head_margins(), seed=args.seed)
             head.build((None, 512))
             optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
             optimizer.build(model.trainable_variables + head.trainable_variables)
-        step = make_train_step(args, strategy, model, head, optimizer, 8)
+        step = make_train_step(strategy, model, head, optimizer, 8, weight_decay=args.weight_decay)
         batch = tf.data.Dataset.from_tensors((images, labels))
         if strategy.num_replicas_in_sync > 1:
             batch = strategy.experimental_distribute_dataset(batch)
@@ -471,7 +479,8 @@ def test_mixed_precision_step_is_the_float32_step_with_16_bit_convolutions(faces
     args = train_nets.Args.from_cli([*TINY, f"--mixed_precision={policy}"])
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model, head = build_embedding_model(args), build_head(args, 4)
+        model = NetworkSpec.from_mapping(args.to_dict()).build()
+        head = make_head(args.loss, 4, **args.head_margins(), seed=args.seed)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -489,6 +498,16 @@ def test_bad_args_are_named(faces, tmp_path):
         train_nets.train(train_nets.Args(batch_size=10, grad_accum_steps=3, train_dataset_dir=str(faces)))
     with pytest.raises(ValueError, match="mixed_precision"):
         train_nets.train(train_nets.Args(mixed_precision="fp8", train_dataset_dir=str(faces)))
+
+
+def test_both_scripts_refuse_a_custom_set_without_its_pairs_file_by_one_rule(tmp_path):
+    import eval_ckpt_file
+
+    for fields in ({"eval_dataset": str(tmp_path)}, {"eval_pair": str(tmp_path / "pairs.txt")}):
+        with pytest.raises(ValueError, match="eval_dataset and eval_pair go together"):
+            train_nets.validate_args(train_nets.Args(train_dataset_dir=str(tmp_path), **fields))
+        with pytest.raises(ValueError, match="eval_dataset and eval_pair go together"):
+            eval_ckpt_file.load_sets(eval_ckpt_file.Args(eval_datasets=["lfw"], **fields), (112, 112))
 
 
 def test_validation_during_training_keeps_the_best_checkpoint_and_export(faces, tmp_path, caplog):
@@ -511,7 +530,7 @@ def test_validation_during_training_keeps_the_best_checkpoint_and_export(faces, 
     exported = keras.saving.load_model(tmp_path / "ckpt" / "best" / "embedding.keras", compile=False)
     assert exported.output_shape == (None, 512) and "arcface_loss" not in [layer.name for layer in exported.layers]
     # The export is the best checkpoint's network: a network read from that checkpoint embeds alike.
-    network = build_embedding_model(args)
+    network = NetworkSpec.from_mapping(args.to_dict()).build()
     tf.train.Checkpoint(model=network).read(summary["best_checkpoint"]).expect_partial()
     images = np.random.default_rng(5).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(exported(images, training=False), network(images, training=False),
@@ -533,7 +552,8 @@ def test_fine_tuning_from_a_seed_tf1_checkpoint(faces, tmp_path):
     # The restore train() does, checked on every weight of the network before any update.
     from training.checkpoints import restore_for_fine_tuning
 
-    model, head = build_embedding_model(args), build_head(args, 5)
+    model = NetworkSpec.from_mapping(args.to_dict()).build()
+    head = make_head(args.loss, 5, **args.head_margins(), seed=args.seed)
     head.build((None, 512))
     restore_for_fine_tuning(model, head, prefix, with_head=False)
     _assert_every_weight_is_one_of(model, [value for name, value in values.items() if "embedding_weights" not in name])
@@ -545,7 +565,8 @@ def test_fine_tuning_from_a_seed_tf1_checkpoint(faces, tmp_path):
 
 @pytest.mark.parametrize("backbone", ["mobilefacenet", "resnet50_v1", "vgg16"])
 def test_every_registry_backbone_builds_from_training_args(backbone):
-    model = build_embedding_model(train_nets.Args(backbone=backbone, image_size=[112, 112], dropout_rate=0.2))
+    args = train_nets.Args(backbone=backbone, image_size=[112, 112], dropout_rate=0.2)
+    model = NetworkSpec.from_mapping(args.to_dict()).build()
     assert model.output_shape == (None, 512)
     assert any(isinstance(layer, keras.layers.Dropout) and layer.rate == pytest.approx(0.2) for layer in model.layers)
 
@@ -559,11 +580,13 @@ def test_xla_step_gives_the_same_update():
     for jit in (False, True):
         args = train_nets.Args(net_depth=18, norm="gn", image_size=[32, 32], dropout_rate=0.0, batch_size=4,
                                jit_compile=jit, seed=11)
-        model, head = build_embedding_model(args), build_head(args, 3)
+        model = NetworkSpec.from_mapping(args.to_dict()).build()
+        head = make_head(args.loss, 3, **args.head_margins(), seed=args.seed)
         head.build((None, 512))
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
         optimizer.build(model.trainable_variables + head.trainable_variables)
-        make_train_step(args, tf.distribute.get_strategy(), model, head, optimizer, 4)(images, labels)
+        make_train_step(tf.distribute.get_strategy(), model, head, optimizer, 4, weight_decay=args.weight_decay,
+                        jit_compile=args.jit_compile)(images, labels)
         weights.append([v.numpy() for v in model.weights + head.weights])
     for plain, compiled in zip(*weights):
         np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)
@@ -581,6 +604,73 @@ def test_every_args_field_is_classified_for_resume():
     assert not RUN_FIELDS & ADJUSTABLE_FIELDS
     fields = set(train_nets.Args.fields()) | set(train_nets_mgpu_new.Args.fields())
     assert fields == RUN_FIELDS | ADJUSTABLE_FIELDS, "classify every Args field in training/checkpoints.py"
+
+
+def _write_args_json_of_the_previous_version(ckpt_dir: Path, **fields) -> None:
+    """An args.json as the version before the margin defaults moved wrote it: margin_m1/m2/m3 = 1.0/0.3/0.2 always,
+    whatever the loss (written here with json, not by Args.save)."""
+    values = {**train_nets.Args().to_dict(), "margin_m1": 1.0, "margin_m2": 0.3, "margin_m3": 0.2, **fields}
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "args.json").write_text(json.dumps(values, indent=2))
+
+
+@pytest.mark.parametrize("loss", ["arcface", "cosface", "combined", "softmax"])
+def test_a_run_of_the_previous_version_resumes(tmp_path, loss):
+    from training.checkpoints import check_resumed_args
+
+    _write_args_json_of_the_previous_version(tmp_path, loss=loss)
+    assert check_resumed_args(train_nets.Args(loss=loss), tmp_path) == []
+    # The margins the head used are the same whether given or left to the loss's default.
+    assert check_resumed_args(train_nets.Args(loss=loss, margin_m1=1.0, margin_m2=0.3, margin_m3=0.2), tmp_path) == []
+
+
+def test_a_real_margin_change_is_still_refused(tmp_path):
+    from training.checkpoints import check_resumed_args
+
+    _write_args_json_of_the_previous_version(tmp_path / "combined", loss="combined")
+    with pytest.raises(ValueError, match="another network, head") as error:
+        check_resumed_args(train_nets.Args(loss="combined", margin_m2=0.35), tmp_path / "combined")
+    assert "margin_m2: 0.3 in" in str(error.value) and "0.35 now" in str(error.value)
+    assert "--margin_m2=0.3" in str(error.value) and "margin_m1" not in str(error.value)
+
+    _write_args_json_of_the_previous_version(tmp_path / "arcface", loss="arcface")  # margin_m None: 0.5
+    assert check_resumed_args(train_nets.Args(loss="arcface", margin_m=0.5, margin_s=64.0), tmp_path / "arcface") == []
+    with pytest.raises(ValueError, match=r"margin_m: 0\.5 in .*, 0\.4 now.*--margin_m=0\.5"):
+        check_resumed_args(train_nets.Args(loss="arcface", margin_m=0.4), tmp_path / "arcface")
+    with pytest.raises(ValueError, match="loss: 'arcface' in"):
+        check_resumed_args(train_nets.Args(loss="cosface"), tmp_path / "arcface")
+
+
+class _ClassList:
+    """Stands in for data.train_data.TrainData: save_class_list writes `names` one a line."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def save_class_list(self, path: Path) -> Path:
+        Path(path).write_text("".join(f"{name}\n" for name in self.names))
+        return Path(path)
+
+
+def test_class_list_is_written_through_a_temporary_that_a_refusal_or_a_failure_removes(tmp_path):
+    from training.checkpoints import write_class_list
+
+    assert write_class_list(_ClassList(["ann", "bob"]), tmp_path).read_text() == "ann\nbob\n"
+    (tmp_path / "args.json").write_text("{}")  # now a run: its classes are fixed
+    with pytest.raises(ValueError, match="line 2: 'bob' in the run, 'cy' now"):
+        write_class_list(_ClassList(["ann", "cy"]), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json", "classes.txt"]
+    assert (tmp_path / "classes.txt").read_text() == "ann\nbob\n"
+
+    class DiskFull(_ClassList):
+        def save_class_list(self, path: Path) -> Path:
+            Path(path).write_text("ann\n")  # half written
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_class_list(DiskFull([]), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json", "classes.txt"]
+    assert (tmp_path / "classes.txt").read_text() == "ann\nbob\n"
 
 
 def _tiny_run(faces: Path, out: Path, *extra: str) -> list[str]:

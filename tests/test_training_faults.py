@@ -23,6 +23,7 @@ import tensorflow as tf
 
 import train_nets
 from test_training import REPO, TINY, _out_args, _run_script, _saved_values, faces  # noqa: F401 (faces: fixture)
+from models import load_embedding_model
 from training import checkpoints
 
 
@@ -143,7 +144,7 @@ def test_reading_a_damaged_checkpoint_names_it(trained_run, tmp_path, damage):
      "missing data": data_file.unlink}[damage]()
     assert checkpoints.unreadable_reason(prefix) is not None
     with pytest.raises(ValueError, match=rf"checkpoint {prefix} .*cannot be read"):
-        checkpoints.load_embedding_model(prefix)
+        load_embedding_model(prefix)
     assert checkpoints.unreadable_reason(run / "ckpt" / "InsightFace_iter-2") is None
 
 

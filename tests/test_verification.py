@@ -372,6 +372,40 @@ def test_compute_embeddings_rejects_bad_inputs_and_outputs():
         compute_embeddings(lambda b: np.full((len(b), 2), np.nan), images, 2)
 
 
+@pytest.mark.parametrize("channel_order", ["BGR", "RGB"])
+def test_numpy_normalize_equals_the_tensorflow_normalize_of_training(channel_order):
+    """The evaluator's numpy normalisation is the training pipeline's data.preprocess.normalize, and both are the
+    float64 formula (x - 127.5) / 128 in the channel order, within float32 rounding."""
+    from common.preprocessing import normalize
+    from data.preprocess import normalize as tensorflow_normalize
+
+    rng = np.random.default_rng(6)
+    for images in (rng.integers(0, 256, (3, 5, 4, 3), dtype=np.uint8), rng.uniform(-20, 300, (2, 3, 3, 3))):
+        ours = normalize(images, channel_order)
+        assert ours.dtype == np.float32 and ours.shape == images.shape
+        np.testing.assert_array_max_ulp(ours, tensorflow_normalize(images, channel_order).numpy(), maxulp=1)
+        ordered = images[..., ::-1] if channel_order == "BGR" else images
+        np.testing.assert_allclose(ours, (ordered.astype(np.float64) - 127.5) / 128.0, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown channel_order 'BRG'"):
+        normalize(np.zeros((1, 2, 2, 3), np.uint8), "BRG")
+
+
+def test_every_eval_module_imports_without_tensorflow():
+    """eval/ is numpy-only: in a fresh interpreter, importing all of its modules loads no TensorFlow."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    modules = sorted(f"eval.{path.stem}" for path in (repo / "eval").glob("*.py") if path.stem != "__init__")
+    assert "eval.embeddings" in modules and "eval.sets" in modules
+    script = ("import importlib, sys\n"
+              f"for name in {modules!r}:\n"
+              "    importlib.import_module(name)\n"
+              "    assert 'tensorflow' not in sys.modules, name + ' imported TensorFlow'\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def write_png(path, rgb):
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), rgb[:, :, ::-1])
@@ -427,6 +461,29 @@ def test_load_bin_set_reads_a_pickled_set(tmp_path):
     vset = load_bin_set(tmp_path / "tiny.bin")
     assert vset.name == "tiny" and vset.issame.tolist() == [True, False]
     np.testing.assert_array_equal(vset.images, rgb)
+
+
+def test_load_verification_sets_reads_the_bins_then_the_custom_set(identity_folder):
+    import pickle
+
+    from eval.sets import load_verification_sets
+
+    data_dir, pairs_path, _, _ = identity_folder
+    rgb = np.random.default_rng(5).integers(0, 256, (4, 10, 8, 3), dtype=np.uint8)
+    bins = data_dir.parent / "bins"
+    bins.mkdir()
+    for name in ("lfw", "agedb_30"):
+        with open(bins / f"{name}.bin", "wb") as stream:  # InsightFace's layout: (list of encoded images, issame)
+            pickle.dump(([cv2.imencode(".png", image[:, :, ::-1])[1].tobytes() for image in rgb], [True, False]),
+                        stream, protocol=2)
+    sets = load_verification_sets(["agedb_30", "lfw"], bins, data_dir, pairs_path, image_size=10)
+    assert [vset.name for vset in sets] == ["agedb_30", "lfw", "pairs"]
+    assert [vset.images.shape[1:3] for vset in sets] == [(10, 10)] * 3
+    assert sets[2].num_pairs == 24 and sets[2].num_folds == 2
+    assert load_verification_sets([], bins, "", "", image_size=(10, 8)) == []
+    for folder, pairs in ((data_dir, ""), ("", pairs_path)):
+        with pytest.raises(ValueError, match="eval_dataset and eval_pair go together"):
+            load_verification_sets(["lfw"], bins, folder, pairs, image_size=(10, 8))
 
 
 def test_run_verification_logs_the_seed_lines_and_reports_the_protocol(identity_folder, caplog):

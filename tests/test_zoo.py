@@ -170,11 +170,11 @@ def test_backbone_honours_the_training_norm_sync_bn_and_seed(name):
     """train_nets' --backbone gets Args.norm, sync_bn and seed: group norm everywhere, synchronised batch norm,
     the same weights for the same seed and other weights for another."""
     import train_nets
-    from training.build import build_embedding_model
+    from nets.spec import NetworkSpec
 
     def build(global_seed: int, **fields) -> keras.Model:
         keras.utils.set_random_seed(global_seed)  # a seeded build must not depend on the global RNG
-        return build_embedding_model(train_nets.Args(backbone=name, image_size=[32, 32], **fields))
+        return NetworkSpec.from_mapping(train_nets.Args(backbone=name, image_size=[32, 32], **fields).to_dict()).build()
 
     def norm_layers(model: keras.Model, kind: type) -> list:
         return [layer for layer in model.layers if isinstance(layer, kind)]

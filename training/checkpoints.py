@@ -1,4 +1,4 @@
-"""Training checkpoints: what they hold, where they live, and loading the embedding network back from one.
+"""Training checkpoints: what they hold, where they live, resuming a run and starting one from another's weights.
 
 A run's `ckpt_path` holds `args.json` (the resolved train_nets.Args), `InsightFace_iter-<step>.{index,data-*}` written
 by a `tf.train.CheckpointManager` (network, head, optimizer, step, data position) and `best/`, the best validated
@@ -11,7 +11,6 @@ run never writes over checkpoint files it did not make (`save_checkpoint`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -22,13 +21,18 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from common.files import replacing
+
+from models.checkpoints import (ARGS_FILE, is_object_checkpoint, reading, resolve_checkpoint,
+                                restore_embedding_weights)
+from nets import seed_checkpoint
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "InsightFace_iter"
 BEST_DIR = "best"
 BEST_CHECKPOINT_NAME = "InsightFace_iter_best"
 EMBEDDING_EXPORT = "embedding.keras"
-ARGS_FILE = "args.json"
 CLASSES_FILE = "classes.txt"
 
 # Every train_nets.Args (and train_nets_mgpu_new.Args) field, by whether a run may change it when it resumes.
@@ -240,60 +244,32 @@ def blown_up_variables(variables: list) -> list[str]:
     return blown
 
 
-def find_args_json(checkpoint: str | Path) -> Path:
-    """args.json of a checkpoint prefix: beside it, or one folder up (for best/)."""
-    prefix = Path(checkpoint)
-    folder = prefix if prefix.is_dir() else prefix.parent
-    for candidate in (folder / ARGS_FILE, folder.parent / ARGS_FILE):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no {ARGS_FILE} beside checkpoint {checkpoint} (looked in {folder} and {folder.parent})")
-
-
-@contextlib.contextmanager
-def reading(prefix: str):
-    """Turns TensorFlow's errors on reading checkpoint `prefix` (an OpError, or an IndexError for a short data file)
-    into one ValueError naming its files."""
-    try:
-        yield
-    except (tf.errors.OpError, IndexError) as err:
-        message = " ".join((err.message if isinstance(err, tf.errors.OpError) else str(err)).split())[:300]
-        raise ValueError(f"checkpoint {prefix} (its .index and .data-* files) cannot be read: {message}") from err
-
-
-def resolve_checkpoint(path: str | Path) -> str:
-    """A checkpoint prefix from a prefix, one of its files or a folder (its latest checkpoint); FileNotFoundError
-    when there is none."""
-    path = Path(path)
-    if re.fullmatch(r"\.index|\.data-\d+-of-\d+", path.suffix):
-        path = path.with_suffix("")
-    if path.is_dir():
-        latest = tf.train.latest_checkpoint(str(path))
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint in folder {path}")
-        return latest
-    if not Path(f"{path}.index").is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
-    return str(path)
-
-
-def is_object_checkpoint(prefix: str) -> bool:
-    """True for a TF2 object-based checkpoint (ours), False for a TF1 name-based one (the seed's Saver)."""
-    with reading(prefix):
-        return any(name == "_CHECKPOINTABLE_OBJECT_GRAPH" for name, _ in tf.train.list_variables(prefix))
+# The Args fields of the margins; args.head_margins() gives the margins the head really uses.
+MARGIN_FIELDS = ("margin_s", "margin_m", "margin_m1", "margin_m2", "margin_m3")
 
 
 def check_resumed_args(args, ckpt_dir: str | Path) -> list[str]:
     """Compares `args` with the args.json of a run in `ckpt_dir` before anything there is written.
 
     Returns the adjustable fields that differ (logged; args.json may then be rewritten). Raises ValueError naming
-    every differing RUN_FIELDS field (any field not in ADJUSTABLE_FIELDS counts as one) with both values.
+    every differing RUN_FIELDS field (any field not in ADJUSTABLE_FIELDS counts as one) with both values. The
+    margins count by the values the head uses (args.head_margins()), not by how the fields spell them.
     """
     path = Path(ckpt_dir) / ARGS_FILE
     if not path.is_file():
         return []
-    saved, now = type(args).load(path, strict=False).to_dict(), args.to_dict()
-    differing = [key for key in now if saved[key] != now[key]]
+    saved_args = type(args).load(path, strict=False)
+    saved, now = saved_args.to_dict(), args.to_dict()
+    differing = [key for key in now if key not in MARGIN_FIELDS and saved[key] != now[key]]
+    if saved["loss"] == now["loss"]:  # (another loss is refused by itself)
+        # None and the loss's default are one margin, and a margin the loss does not take changes nothing: the
+        # args.json of earlier versions holds margin_m1/m2/m3 = 1.0/0.3/0.2 whatever the loss.
+        before, after = saved_args.head_margins(), args.head_margins()
+        for margin, value in before.items():
+            if after[margin] != value:
+                key = f"margin_{margin}"  # the Args field that sets it
+                differing.append(key)
+                saved[key], now[key] = value, after[margin]
     refused = [key for key in differing if key not in ADJUSTABLE_FIELDS]
     if refused:
         listed = "; ".join(f"{key}: {saved[key]!r} in {path}, {now[key]!r} now" for key in refused)
@@ -320,18 +296,20 @@ def write_class_list(data, ckpt_dir: str | Path) -> Path:
     without args.json is left over from a set-up that failed, and is replaced.
     """
     path = Path(ckpt_dir) / CLASSES_FILE
-    staged = data.save_class_list(path.with_name(f"{CLASSES_FILE}.tmp"))
     is_run = (Path(ckpt_dir) / ARGS_FILE).is_file()
-    if is_run and path.is_file() and path.read_text() != staged.read_text():
-        saved, now = path.read_text().splitlines(), staged.read_text().splitlines()
-        staged.unlink()
-        first = next((i for i, (a, b) in enumerate(zip(saved, now)) if a != b), min(len(saved), len(now)))
-        names = [names[first] if first < len(names) else "(none)" for names in (saved, now)]
-        raise ValueError(f"{path} lists {len(saved)} classes, the training data has {len(now)}; the first difference "
-                         f"is at line {first + 1}: {names[0]!r} in the run, {names[1]!r} now. A run cannot change its "
-                         f"classes: give a new ckpt_path, or the data it was trained on.")
-    staged.replace(path)
+    with replacing(path) as staged:  # an error below removes the staged list and keeps the run's
+        data.save_class_list(staged)
+        if is_run and path.is_file() and path.read_text() != staged.read_text():
+            _refuse_other_classes(path, path.read_text().splitlines(), staged.read_text().splitlines())
     return path
+
+
+def _refuse_other_classes(path: Path, saved: list[str], now: list[str]) -> None:
+    first = next((i for i, (a, b) in enumerate(zip(saved, now)) if a != b), min(len(saved), len(now)))
+    names = [names[first] if first < len(names) else "(none)" for names in (saved, now)]
+    raise ValueError(f"{path} lists {len(saved)} classes, the training data has {len(now)}; the first difference "
+                     f"is at line {first + 1}: {names[0]!r} in the run, {names[1]!r} now. A run cannot change its "
+                     f"classes: give a new ckpt_path, or the data it was trained on.")
 
 
 def restore_run(checkpoint: tf.train.Checkpoint, prefix: str) -> None:
@@ -342,39 +320,6 @@ def restore_run(checkpoint: tf.train.Checkpoint, prefix: str) -> None:
     except AssertionError as err:
         raise ValueError(f"checkpoint {prefix} does not fit the network, head and optimizer of these Args (was it "
                          f"written with another {ARGS_FILE}?): give a new ckpt_path. {err}") from err
-
-
-def restore_embedding_weights(model: keras.Model, prefix: str) -> None:
-    """Reads the network weights of one of our training checkpoints into `model` (head and optimizer ignored)."""
-    with reading(prefix):
-        status = tf.train.Checkpoint(model=model).read(prefix)
-    status.expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as err:
-        raise ValueError(f"checkpoint {prefix} does not match the network built from its args.json: {err}") from err
-
-
-def load_embedding_model(path: str | Path) -> keras.Model:
-    """The embedding network of a `.keras` file, one of our checkpoints (prefix or run folder) or a seed TF1 checkpoint."""
-    path = Path(path)
-    if path.suffix == ".keras":
-        import nets  # noqa: F401 - registers the layer classes that .keras files saved by earlier versions name
-
-        return keras.saving.load_model(path, compile=False)
-    prefix = resolve_checkpoint(path)
-    if not is_object_checkpoint(prefix):
-        from nets import seed_checkpoint
-
-        return seed_checkpoint.load(prefix)[0]
-    import train_nets
-    from training.build import build_embedding_model
-
-    args = train_nets.Args.load(find_args_json(prefix), strict=False)
-    model = build_embedding_model(args)
-    restore_embedding_weights(model, prefix)
-    log.info("restored %s from %s", model.name, prefix)
-    return model
 
 
 def restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path: str | Path, with_head: bool) -> None:
@@ -399,8 +344,6 @@ def _restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path:
                 tf.train.Checkpoint(head=head).read(prefix).expect_partial().assert_existing_objects_matched()
         log.info("fine-tuning from %s (%s)", prefix, "backbone and class weights" if with_head else "backbone")
         return
-    from nets import seed_checkpoint
-
     with reading(prefix):
         class_weights = seed_checkpoint.restore_weights(model, prefix)
     if with_head and not seed_checkpoint.restore_class_weights(head, class_weights):

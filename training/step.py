@@ -17,11 +17,20 @@ import tensorflow as tf
 from training.optim import decayed_variables, weight_decay_loss
 
 
-def make_train_step(args, strategy: tf.distribute.Strategy, model: keras.Model, head: keras.layers.Layer,
-                    optimizer: keras.optimizers.Optimizer, global_batch: int) -> Callable[[tf.Tensor, tf.Tensor], dict]:
-    """A tf.function (images, labels) -> dict of scalar metrics, summed over replicas, that updates the weights."""
+def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, head: keras.layers.Layer,
+                    optimizer: keras.optimizers.Optimizer, global_batch: int, *, weight_decay: float,
+                    grad_accum_steps: int = 1, jit_compile: bool = False) -> Callable[[tf.Tensor, tf.Tensor], dict]:
+    """A tf.function (images, labels) -> dict of scalar metrics, summed over replicas, that updates the weights.
+
+    Args:
+        strategy: the tf.distribute strategy that built the model, head and optimiser.
+        global_batch: images per step over all replicas (the loss is their mean).
+        weight_decay: factor of the L2 penalty on decayed_variables (training.optim).
+        grad_accum_steps: micro-batches each replica's batch is split into before the one update.
+        jit_compile: compile the forward/backward pass with XLA.
+    The loss is scaled when `optimizer` is a keras.optimizers.LossScaleOptimizer (mixed_float16).
+    """
     replicas = strategy.num_replicas_in_sync
-    micro_batches = args.grad_accum_steps
     variables = model.trainable_variables + head.trainable_variables
     decayed = decayed_variables(variables)
     scale_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -34,7 +43,7 @@ def make_train_step(args, strategy: tf.distribute.Strategy, model: keras.Model, 
             logits = head(embeddings, labels)
             cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             inference_loss = tf.reduce_sum(cross_entropy) / global_batch
-            wd_loss = weight_decay_loss(decayed, args.weight_decay) / (replicas * micro_batches)
+            wd_loss = weight_decay_loss(decayed, weight_decay) / (replicas * grad_accum_steps)
             loss = inference_loss + wd_loss
             scaled = optimizer.scale_loss(loss) if scale_loss else loss
         grads = tape.gradient(scaled, variables)
@@ -45,11 +54,11 @@ def make_train_step(args, strategy: tf.distribute.Strategy, model: keras.Model, 
                        "correct_plain": correct_plain}
 
     # A nested tf.function only for XLA: synchronised BN all-reduces inside the step, which a nested function forbids.
-    compiled_micro_step = tf.function(micro_step, jit_compile=True) if args.jit_compile else micro_step
+    compiled_micro_step = tf.function(micro_step, jit_compile=True) if jit_compile else micro_step
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor) -> dict:
         grads, totals = None, None
-        for chunk_images, chunk_labels in zip(tf.split(images, micro_batches), tf.split(labels, micro_batches)):
+        for chunk_images, chunk_labels in zip(tf.split(images, grad_accum_steps), tf.split(labels, grad_accum_steps)):
             chunk_grads, chunk_metrics = compiled_micro_step(chunk_images, chunk_labels)
             if grads is None:
                 grads, totals = chunk_grads, chunk_metrics

@@ -1,21 +1,21 @@
 """Export of the embedding network alone (no class weights): SavedModel, .keras, ONNX and TFLite, each checked.
 
-Formats (file or folder name inside the output folder):
+The TensorFlow side of deployment (the Keras-only model it writes comes from deploy.preprocessing). Formats (file or
+folder name inside the output folder):
 
 * ``saved_model`` (``saved_model/``): TensorFlow SavedModel with a ``serve`` endpoint (and ``serving_default``);
-* ``keras`` (``embedding.keras``): the Keras model, standard layers only (standard_model): it loads with plain
-  ``keras.saving.load_model`` anywhere, without this package;
+* ``keras`` (``embedding.keras``): the Keras model, standard layers only (deploy.preprocessing.standard_model): it
+  loads with plain ``keras.saving.load_model`` anywhere, without this package;
 * ``onnx`` (``embedding.onnx``): ONNX through Keras' exporter (tf2onnx), for onnxruntime and TensorRT;
 * ``tflite`` (``embedding.tflite``): float32 TensorFlow Lite;
 * ``tflite_fp16`` / ``tflite_int8``: weights stored as float16, or int8 weights and activations calibrated on sample
   images; smaller and faster, not exact, so their differences are reported but not held to the tolerance.
 
-`with_preprocessing` wraps the network so the exported file takes uint8 RGB images [N, H, W, 3] (the network's input
-size, or any size given, resized inside) and returns L2-normalised embeddings: the channel order and the
-(x - 127.5) / 128 scaling travel inside the file and deployers cannot get them wrong; export_metadata.json and the
-ONNX metadata record them. Every export is run back on check images and compared with reference_embeddings, an
-independent path (numpy preprocessing, the bare network, numpy L2): max |exported - reference| / max |reference| must
-stay under TOLERANCE for the float formats, and a failed export never replaces an earlier one.
+A model wrapped by deploy.preprocessing.with_preprocessing (uint8 RGB in, L2-normalised embedding out) carries its
+input contract; export_metadata.json and the ONNX metadata record it. Every export is run back on check images
+(load_runner: each format's own runtime) and compared with reference_embeddings, an independent path (numpy
+preprocessing, the bare network, numpy L2): max |exported - reference| / max |reference| must stay under TOLERANCE
+for the float formats, and a failed export never replaces an earlier one (common.files.move_into_place).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,8 +32,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data.preprocess import PIXEL_MEAN, PIXEL_SCALE, check_channel_order
-from nets import norms
+from common.files import move_into_place
+from common.preprocessing import PIXEL_MEAN, PIXEL_SCALE
+from deploy.preprocessing import deployment_info, save_keras, standard_model
 
 log = logging.getLogger(__name__)
 
@@ -51,98 +50,6 @@ FLOAT_FORMATS = ("saved_model", "keras", "onnx", "tflite")
 TOLERANCE = 1e-4
 REPORT_FILE = "export_report.json"
 METADATA_FILE = "export_metadata.json"
-# Layer names of with_preprocessing, by which deployment_info recognises a model that carries the preprocessing.
-PREPROCESS_SCALE = "preprocess.scale"
-PREPROCESS_BGR = "preprocess.rgb_to_bgr"
-PREPROCESS_RESIZE = "preprocess.resize"
-
-
-def standard_model(model: keras.Model) -> keras.Model:
-    """A copy of `model` made of standard Keras layers only, with the same weights and inference output.
-
-    Our frozen-gamma batch norm and batch renorm become plain BatchNormalization (nets.norms.standard_layer), so the
-    saved file loads with plain `keras.saving.load_model` in a process that has never imported this package.
-    """
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        return norms.standard_layer(layer) or layer.__class__.from_config(layer.get_config())
-
-    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    _copy_weights(model, copy)
-    return copy
-
-
-def _copy_weights(source: keras.Model, target: keras.Model) -> None:
-    for layer in target.layers:
-        if not layer.weights:  # e.g. a nested model's InputLayer, which the clone renames
-            continue
-        original = source.get_layer(layer.name)  # unique within a model; the clone keeps them
-        if isinstance(layer, keras.Model):
-            _copy_weights(original, layer)
-        else:
-            layer.set_weights(norms.standard_weights(original))
-
-
-def save_keras(model: keras.Model, path: str | Path) -> Path:
-    """Writes `model` as a `.keras` file of standard layers (standard_model): what training and export both save."""
-    path = Path(path)
-    standard_model(model).save(path)
-    return path
-
-
-def with_preprocessing(model: keras.Model, channel_order: str = "BGR",
-                       input_size: tuple[int, int] | None = None) -> keras.Model:
-    """`model` wrapped for deployment: uint8 RGB [N, H, W, 3] in, L2-normalised embedding out, standard layers only.
-
-    The preprocessing is data.preprocess.normalize written as standard layers: Rescaling (x - 127.5) / 128 (which
-    also casts the uint8 input), then for BGR a fixed 1x1 convolution that reverses the channels; both are exact in
-    float32. With `input_size` the model takes images of that size and resizes them (bilinear) to the network's.
-
-    Args:
-        model: an embedding network that takes normalised float images (data.preprocess).
-        channel_order: the order the network was trained with ("BGR" for the seed and its checkpoints).
-        input_size: (height, width) of the images deployers feed; None: the network's own input size.
-    Raises ValueError when `model` already carries the preprocessing (wrapping twice maps every face to one point).
-    """
-    check_channel_order(channel_order)
-    if deployment_info(model) is not None or model.inputs[0].dtype != "float32":
-        raise ValueError(f"model {model.name} already takes uint8 images (it carries the preprocessing); "
-                         f"export it as it is instead of wrapping it again")
-    network_size = tuple(model.input_shape[1:3])
-    if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
-        raise ValueError(f"input_size: expected [height, width] of positive integers; received {input_size}")
-    input_size = network_size if input_size is None else (int(input_size[0]), int(input_size[1]))
-    inputs = keras.Input((*input_size, 3), dtype="uint8", name="rgb_uint8")
-    x = keras.layers.Rescaling(PIXEL_SCALE, offset=-PIXEL_MEAN * PIXEL_SCALE, name=PREPROCESS_SCALE)(inputs)
-    if channel_order == "BGR":
-        reverse = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)
-        x = keras.layers.Conv2D(3, 1, use_bias=False, trainable=False, name=PREPROCESS_BGR,
-                                kernel_initializer=keras.initializers.Constant(reverse))(x)
-    if input_size != network_size:
-        x = keras.layers.Resizing(*network_size, interpolation="bilinear", name=PREPROCESS_RESIZE)(x)
-    x = model(x, training=False)
-    x = keras.layers.UnitNormalization(axis=-1, name="l2_normalize")(x)
-    return keras.Model(inputs, x, name=f"{model.name}_deploy")
-
-
-def deployment_info(model: keras.Model) -> dict | None:
-    """What a with_preprocessing model expects, or None for a bare network.
-
-    Keys: input_size [h, w], input "uint8 RGB", channel_order (the network's), normalisation, network_input_size,
-    output, network (the wrapped keras.Model).
-    """
-    names = {layer.name for layer in model.layers}
-    if PREPROCESS_SCALE not in names:
-        return None
-    networks = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    if len(networks) != 1:
-        raise ValueError(f"model {model.name}: expected one wrapped network beside its preprocessing; found "
-                         f"{len(networks)}")
-    return {"input_size": list(model.input_shape[1:3]), "input": "uint8 RGB",
-            "channel_order": "BGR" if PREPROCESS_BGR in names else "RGB",
-            "normalisation": f"(x - {PIXEL_MEAN}) * {PIXEL_SCALE}",
-            "network_input_size": list(networks[0].input_shape[1:3]),
-            "resize": "bilinear" if PREPROCESS_RESIZE in names else None,
-            "output": f"L2-normalised {model.output_shape[-1]}-d embedding", "network": networks[0]}
 
 
 def _metadata(model: keras.Model) -> dict:
@@ -323,18 +230,6 @@ def _add_onnx_metadata(path: Path, metadata: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def _replace(source: Path, destination: Path) -> None:
-    """Moves a checked export over the previous one (a folder is swapped through a backup name)."""
-    if destination.is_dir():
-        backup = destination.with_name(destination.name + ".previous")
-        shutil.rmtree(backup, ignore_errors=True)
-        destination.rename(backup)
-        source.rename(destination)
-        shutil.rmtree(backup)
-    else:
-        os.replace(source, destination)
-
-
 def _write_and_check(model: keras.Model, folder: Path, formats: list[str], check_inputs: np.ndarray,
                      reference: np.ndarray, calibration_inputs: np.ndarray) -> list[ExportResult]:
     saved_model_dir = None
@@ -389,7 +284,7 @@ def export_model(model: keras.Model, output_dir: str | Path, formats: Iterable[s
                                + f"; nothing written to {output_dir}")
         for result in results:
             destination = output_dir / FORMATS[result.format]
-            _replace(Path(result.path), destination)
+            move_into_place(Path(result.path), destination)
             result.path = str(destination)
     from eval.report import write_json_report  # strict JSON: a difference that is not finite is written as null
 

@@ -1,7 +1,7 @@
-"""The shared `class Args` behaviour of every script, and the one entry helper every script's main block calls.
+"""The fields of a script's `class Args`: the rules each declares, and `Config`, the base class that checks them.
 
-Each script declares `class Args(Config)` with typed, commented class attributes that a user edits. This module
-turns those attributes into a configuration object that:
+Each script declares `class Args(Config)` with typed, commented class attributes that a user edits. `Config` turns
+those attributes into a configuration object that:
 
 * takes strict ``--key=value`` overrides from the command line (unknown key or wrong type: a `ValueError` naming the
   key, the value received and the type expected);
@@ -11,33 +11,21 @@ Supported field types: ``int``, ``float``, ``bool``, ``str``, ``list[T]`` and ``
 / `ImageSizeOrNetwork` (one int N means N x N). Every field also declares what it allows, checked whenever a value is
 set (defaults, ``--key=value``, args.json): ``Annotated[int, Range(1)]``, ``Annotated[str, Choices("bn", "gn")]``,
 ``Annotated[list[float], Range(0), Length(1)]`` (rules of a list apply to each item), `RequiredPath` / `OptionalPath`.
-
-`run_script(Args, main)` is every script's ``__main__`` block: ``--help``, logging, parsing, and one clear line instead
-of a traceback for an expected error (``--debug`` keeps the traceback).
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-import importlib.abc
-import importlib.util
-import inspect
 import json
-import logging
 import math
-import os
-import re
-import sys
-import tempfile
-import textwrap
-import tokenize
 import types
 import typing
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, NoReturn
+from typing import Annotated, Any, Callable, Iterable
+
+from common.files import write_replacing
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -92,8 +80,8 @@ class Range:
 
     @property
     def detail(self) -> str:
-        parts = [f"{'>' if self.low_open else '>='} {_cli_text(self.low)}" if self.low is not None else "",
-                 f"{'<' if self.high_open else '<='} {_cli_text(self.high)}" if self.high is not None else ""]
+        parts = [f"{'>' if self.low_open else '>='} {cli_text(self.low)}" if self.low is not None else "",
+                 f"{'<' if self.high_open else '<='} {cli_text(self.high)}" if self.high is not None else ""]
         return " and ".join(part for part in parts if part) or "any number"
 
     def normalise(self, value: Any) -> Any:
@@ -131,7 +119,7 @@ class Choices:
 
     @property
     def detail(self) -> str:
-        return "one of " + ", ".join(_cli_text(value) for value in self.values)
+        return "one of " + ", ".join(cli_text(value) for value in self.values)
 
     def normalise(self, value: Any) -> Any:
         return value
@@ -209,14 +197,14 @@ def registered_backbones() -> list[str]:
     return backbone_names()
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Annotated:
         base, *rules = typing.get_args(tp)
-        return next((rule.name for rule in rules if hasattr(rule, "name")), None) or _type_name(base)
+        return next((rule.name for rule in rules if hasattr(rule, "name")), None) or type_name(base)
     if typing.get_origin(tp) is list:
-        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
     if typing.get_origin(tp) in (types.UnionType, typing.Union):
-        return " | ".join("None" if member is type(None) else _type_name(member) for member in typing.get_args(tp))
+        return " | ".join("None" if member is type(None) else type_name(member) for member in typing.get_args(tp))
     return getattr(tp, "__name__", None) if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
@@ -237,7 +225,7 @@ def _check(key: str, value: Any, tp: Any, raw: Any) -> Any:
     """Returns `value` converted to `tp`, or raises a ValueError naming key, value and expected type."""
     origin = typing.get_origin(tp)
     allowed = allowed_text(tp)
-    problem = ValueError(f"Args: {key}={raw!r} is not a valid {_type_name(tp)}" + (f" (expected {allowed})" if
+    problem = ValueError(f"Args: {key}={raw!r} is not a valid {type_name(tp)}" + (f" (expected {allowed})" if
                                                                                     allowed else ""))
     if origin is Annotated:
         base, *rules = typing.get_args(tp)
@@ -431,284 +419,10 @@ class Config:
         return type(self) is type(other) and self.to_dict() == other.to_dict()
 
 
-def write_replacing(path: str | Path, content: str | bytes) -> Path:
-    """Writes `content` (text as UTF-8, or bytes) to `path` through ``<path>.tmp`` beside it: a failure at any point (a
-    full disk, text that is not UTF-8, Ctrl-C) leaves the earlier file as it was and no temporary file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        if isinstance(content, bytes):
-            temporary.write_bytes(content)
-        else:
-            temporary.write_text(content, encoding="utf-8")
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
-    """Logs to the console and, when given, to `log_file` (created with its folder); INFO by default."""
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
-                        force=True)
-    # TensorFlow gives its logger a console handler of its own when it is imported before logging is set up; its
-    # records also reach ours through the root logger, so every TensorFlow line would be printed twice.
-    logging.getLogger("tensorflow").handlers.clear()
-
-
-# ------------------------------------------------------------------------------------------------ the entry helper
-
-DEBUG_ENV = "INSIGHTFACE_TF_DEBUG"
-TF_LOG_ENV = "TF_CPP_MIN_LOG_LEVEL"
-# Errors a user can cause or meet (bad value, missing file, full disk, NaN loss, Ctrl-C, a missing optional package,
-# a dead worker process): one line, no traceback. Anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError, KeyboardInterrupt,
-                                                    ImportError, MemoryError, BrokenProcessPool)
-EXIT_ERROR = 1  # an expected error while running
-EXIT_BAD_ARGS = 2  # a bad --key=value (the usual exit status of a command-line usage error)
-
-
-def debug_requested(argv: Iterable[str]) -> bool:
-    """True for ``--debug`` among the arguments or INSIGHTFACE_TF_DEBUG=1: full tracebacks and TensorFlow's logs."""
-    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") == "1"
-
-
-def quiet_tensorflow(argv: Iterable[str]) -> None:
-    """Hides TensorFlow's C++ start-up notices and the CUDA-not-found errors, unless TF_CPP_MIN_LOG_LEVEL is set or
-    debugging is asked for.
-
-    Set in the environment, so worker processes (align's) inherit it. TensorFlow reads it once, when it is imported:
-    this has to run before that, hence also on importing this module from a script (`_called_as_a_script`).
-    Python-side warnings (ours and TensorFlow's) are not affected.
-    """
-    if debug_requested(argv):
-        return
-    os.environ.setdefault(TF_LOG_ENV, "3")
-    _filter_tensorflow_import()
-
-
-# The lines TensorFlow's libraries print while they load, before they read TF_CPP_MIN_LOG_LEVEL: absl's banner, and
-# records such as "I0000 00:00:1796123710.191372    9794 port.cc:153] oneDNN custom operations are on...".
-_ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
-_ABSL_RECORD = re.compile(r"^([IWE])\d{4} \d\d:\d\d:[\d.]+\s+\d+ \S+:\d+\] ")
-_SEVERITIES = "IWE"  # TF_CPP_MIN_LOG_LEVEL 1 hides I, 2 also W, 3 also E
-
-
-def _filter_tensorflow_import() -> None:
-    """Applies TF_CPP_MIN_LOG_LEVEL to those load-time lines too, by filtering stderr while `tensorflow` is imported."""
-    try:
-        level = int(os.environ.get(TF_LOG_ENV, "0"))
-    except ValueError:
-        return
-    if level > 0 and "tensorflow" not in sys.modules and not any(
-            isinstance(finder, _TensorFlowImportFilter) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _TensorFlowImportFilter(_SEVERITIES[:level]))
-
-
-class _TensorFlowImportFilter(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` as usual, but runs its import with file descriptor 2 captured, then writes back every line
-    except the absl banner and absl records of the hidden severities (Python warnings and errors come through)."""
-
-    def __init__(self, hidden: str) -> None:
-        self.hidden = hidden
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)  # once, and the real finders do the finding
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _FilteredLoader(spec.loader, self.hidden)
-        return spec
-
-
-class _FilteredLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any, hidden: str) -> None:
-        self.loader, self.hidden = loader, hidden
-
-    def create_module(self, spec: Any) -> Any:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        module.__loader__ = module.__spec__.loader = self.loader  # TensorFlow sees its real loader
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile() as captured:
-            os.dup2(captured.fileno(), 2)
-            try:
-                self.loader.exec_module(module)
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
-                captured.seek(0)
-                kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                        if not self._hidden(line)]
-                os.write(2, "".join(kept).encode())
-
-    def _hidden(self, line: str) -> bool:
-        record = _ABSL_RECORD.match(line)
-        return line.strip() == _ABSL_BANNER or (record is not None and record.group(1) in self.hidden)
-
-
-def _called_as_a_script() -> bool:
-    """True when the running program is one of this repository's scripts (not pytest, a notebook or python -c)."""
-    root = Path(__file__).resolve().parent
-    if _module_run_of_this_repository(root):
-        return True
-    # "__mp_main__": the script's module as a spawned worker process (align's) imports it.
-    for main_name in ("__main__", "__mp_main__"):
-        main_file = getattr(sys.modules.get(main_name), "__file__", None)
-        path = Path(main_file).resolve() if main_file else None
-        if path is not None and path.is_relative_to(root) and not any(
-                part.startswith(".") or part == "site-packages" for part in path.relative_to(root).parts):
-            return True
-    return False
-
-
-def _module_run_of_this_repository(root: Path) -> bool:
-    """True for ``python -m <package>.<module>`` of a package of this repository: during such a run the package's
-    __init__ (which may import Keras, hence TensorFlow) executes before __main__ exists, so only the command line
-    says what is running."""
-    argv = getattr(sys, "orig_argv", [])
-    if "-m" not in argv[1:-1]:
-        return False
-    package = argv[argv.index("-m", 1) + 1].split(".")[0]
-    return (root / package / "__init__.py").is_file() or (root / f"{package}.py").is_file()
-
-
-def run_script(args_class: type[Config], main: Callable[[Any], Any], argv: list[str] | None = None) -> NoReturn:
-    """Every script's ``__main__`` block: ``--help``, logging, Args from the command line, then `main(args)`.
-
-    Exits 0 (or main's return value when it is an int), 1 after an expected error (`EXPECTED_ERRORS`, logged as one
-    line), 2 for a bad --key=value. ``--debug`` or INSIGHTFACE_TF_DEBUG=1 lets the error's traceback through and
-    keeps TensorFlow's own start-up log.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = debug_requested(argv)
-    if debug:
-        os.environ[DEBUG_ENV] = "1"  # worker processes (align's) debug too
-    quiet_tensorflow(argv)
-    argv = [item for item in argv if item != "--debug"]
-    if "--help" in argv or "-h" in argv:
-        sys.stdout.write(help_text(args_class, main) + "\n")
-        sys.exit(0)
-    setup_logging()
-    try:
-        args = args_class.from_cli(argv)
-    except ValueError as err:
-        if debug:
-            raise
-        _script_logger().error("%s (--help lists every key)", _one_line(err))
-        sys.exit(EXIT_BAD_ARGS)
-    try:
-        result = main(args)
-    except _expected_errors() as err:
-        if debug:
-            raise
-        _script_logger().error("%s (--debug shows the traceback)", _one_line(err) or type(err).__name__)
-        sys.exit(EXIT_ERROR)
-    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """EXPECTED_ERRORS, and TensorFlow's out-of-memory error when TensorFlow is loaded (never imported for this)."""
-    tf = sys.modules.get("tensorflow")
-    errors = getattr(tf, "errors", None)
-    return EXPECTED_ERRORS + ((errors.ResourceExhaustedError,) if errors is not None else ())
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return f"{type(err).__name__}: {text}" if text and not isinstance(err, ValueError) else text
-
-
-def help_text(args_class: type[Config], main: Callable[[Any], Any] | None = None) -> str:
-    """The ``--help`` page: the script's run line and docstring summary, then every field's type, default and its
-    comment in `class Args`."""
-    module = sys.modules.get(main.__module__) if main is not None else None
-    summary = (inspect.getdoc(module) or "").split("\n\n")[0] if module is not None else ""
-    comments = _field_comments(args_class)
-    fields = args_class.fields()
-    rows = [(f"--{key}", _type_name(tp), _cli_text(getattr(args_class, key)), _help_what(comments.get(key, ""), tp))
-            for key, tp in fields.items()]
-    headers = ("key", "type", "default")
-    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(3)]
-    lines = [f"usage: {_program()} [--key=value ...] [--debug] [--help]", ""]
-    if summary:
-        lines += [summary, ""]
-    lines += ["Args (edit `class Args` in the script, or override a field with --key=value; lists as [a,b] or a,b):",
-              "  " + "  ".join(name.ljust(width) for name, width in zip(headers, widths))
-              + "  what"]
-    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
-              for row in rows]
-    lines += ["", "  --debug  full tracebacks and TensorFlow's own start-up log (also INSIGHTFACE_TF_DEBUG=1)",
-              "  --help   this page"]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _help_what(comment: str, tp: Any) -> str:
-    """A field's comment, then what its rules allow (last: a long list of choices only widens its own line)."""
-    allowed = allowed_text(tp)
-    return f"{comment} [allowed: {allowed}]" if allowed else comment
-
-
-def _program() -> str:
-    """How this script was started: ``python -m nets`` or ``python train_nets.py``."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # None for a script run by its path
-    if spec is not None:
-        return f"python -m {spec.name.removesuffix('.__main__')}"
-    return f"python {sys.argv[0]}"
-
-
-def _script_logger() -> logging.Logger:
-    """The logger named after the running script ("train_nets", "nets", "data.synthetic")."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return logging.getLogger(spec.name.removesuffix(".__main__") if spec is not None else Path(sys.argv[0]).stem)
-
-
-def _cli_text(value: Any) -> str:
+def cli_text(value: Any) -> str:
     """A default as it would be typed on the command line."""
     if isinstance(value, list):
-        return "[" + ",".join(_cli_text(item) for item in value) + "]"
+        return "[" + ",".join(cli_text(item) for item in value) + "]"
     if isinstance(value, str):
         return value if value else '""'
     return str(value)
-
-
-def _field_comments(args_class: type[Config]) -> dict[str, str]:
-    """Field name -> its comment in the source of `args_class` (or of the base class defining it): the full-line
-    comments right above the field, then the one beside it. Section banners (``# --- data ---``) are left out."""
-    comments: dict[str, str] = {}
-    for klass in reversed(args_class.__mro__):
-        if klass in (Config, object) or "__annotations__" not in vars(klass):
-            continue
-        try:
-            source = textwrap.dedent(inspect.getsource(klass))
-        except (OSError, TypeError):  # defined where there is no source (an interactive session)
-            continue
-        lines = source.splitlines()
-        by_line = {token.start[0]: token.string.lstrip("#").strip()
-                   for token in tokenize.generate_tokens(iter(source.splitlines(keepends=True)).__next__)
-                   if token.type == tokenize.COMMENT}
-        for node in ast.parse(source).body[0].body:
-            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-                continue
-            above = node.lineno
-            while above - 1 in by_line and lines[above - 2].lstrip().startswith("#") and not _BANNER.match(
-                    by_line[above - 1]):
-                above -= 1
-            comments[node.target.id] = " ".join(by_line[n] for n in range(above, node.end_lineno + 1) if n in by_line)
-    return comments
-
-
-_BANNER = re.compile(r"^-{2,}.*-{2,}$")
-
-
-if _called_as_a_script():
-    quiet_tensorflow(sys.argv[1:])
