@@ -25,13 +25,15 @@ log = logging.getLogger("eval_ckpt_file")
 
 
 class Args(Config):
+    RENAMED = {"eval_datasets": "eval_bins", "nrof_folds": "num_folds"}  # earlier names, still accepted
+
     # checkpoint prefix; ckpt_index_list entries are appended
     ckpt_file: RequiredPath = "./output/ckpt/InsightFace_iter-"
     ckpt_index_list: list[RequiredPath] = ["10000"]  # e.g. ["10000", "20000"]; [] = ckpt_file is the checkpoint itself
     # custom aligned dataset: one folder per identity (align/align_dataset_mtcnn.py output)
     eval_dataset: OptionalPath = ""
     eval_pair: OptionalPath = ""  # its pairs.txt (generate_pairs.py; the LFW layout or the fork's tab format)
-    eval_datasets: list[RequiredPath] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
+    eval_bins: list[RequiredPath] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
     eval_db_path: RequiredPath = "./datasets/faces_ms1m_112x112"  # folder of the .bin files
     batch_size: PositiveInt = 32  # images per forward pass
     image_size: ImageSizeOrNetwork = []  # [height, width] (one N: N x N); [] = the network's input size
@@ -40,7 +42,7 @@ class Args(Config):
     channel_order: Annotated[str, Choices("BGR", "RGB")] | None = None
     # "sum" (the seed's Accuracy-Flip), "none", or "concat" (facenet)
     flip: Annotated[str, Choices("sum", "none", "concat")] = "sum"
-    nrof_folds: NonNegativeInt = 0  # 0 = the pairs file's header (10 for LFW and .bin sets)
+    num_folds: NonNegativeInt = 0  # 0 = the pairs file's header (10 for LFW and .bin sets)
     skip_missing: bool = False  # skip (and count) pairs whose images are missing instead of stopping
     output_dir: RequiredPath = "./output/eval"  # report.json, ROC and hardest-pairs PNGs
 
@@ -56,9 +58,9 @@ def load_sets(args: Args, image_size: tuple[int, int]) -> list[VerificationSet]:
     """The verification sets of `args`, read at `image_size` (height, width)."""
     from eval.sets import load_verification_sets
 
-    if not args.eval_dataset and not args.eval_datasets:
-        raise ValueError("Args: nothing to evaluate; set eval_dataset + eval_pair and/or eval_datasets")
-    return load_verification_sets(args.eval_datasets, args.eval_db_path, args.eval_dataset, args.eval_pair,
+    if not args.eval_dataset and not args.eval_bins:
+        raise ValueError("Args: nothing to evaluate; set eval_dataset + eval_pair and/or eval_bins")
+    return load_verification_sets(args.eval_bins, args.eval_db_path, args.eval_dataset, args.eval_pair,
                                   image_size=image_size, skip_missing=args.skip_missing)
 
 
@@ -74,15 +76,16 @@ def evaluate_checkpoints(args: Args) -> list[dict]:
     sets_by_size: dict[tuple[int, int], list] = {}  # checkpoints of one call may have different input sizes
     for checkpoint in checkpoint_paths(args):
         loaded = load_embedding_model(checkpoint, args.channel_order)
-        image_size = tuple(args.image_size) if args.image_size else loaded.input_size
+        network = loaded.network  # an export's preprocessing is applied here, as for a checkpoint
+        image_size = tuple(args.image_size) if args.image_size else tuple(network.input_shape[1:3])
         if image_size not in sets_by_size:
             sets_by_size[image_size] = load_sets(args, image_size)
         sets = sets_by_size[image_size]
-        embed = embedding_function(loaded.model)
+        embed = embedding_function(network)
         index = Path(checkpoint).name
         for vset in sets:
             report = run_verification(embed, vset, batch_size=args.batch_size, channel_order=loaded.channel_order,
-                                      flip=args.flip, nrof_folds=args.nrof_folds or None, step=index)
+                                      flip=args.flip, num_folds=args.num_folds or None, step=index)
             report.update(checkpoint=checkpoint, image_size=list(image_size))
             report["files"] = {k: str(v) for k, v in save_report_files(output_dir / f"{vset.name}_{index}", vset,
                                                                        report).items()}

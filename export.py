@@ -1,7 +1,7 @@
 """Exports the embedding network alone (no class weights) for deployment: SavedModel, .keras, ONNX, TFLite.
 
     python export.py --input_model=output/ckpt/best/embedding.keras --output_dir=output/export
-    python export.py --input_model=models/model_d/InsightFace_iter_best_710000.ckpt --formats=onnx,tflite
+    python export.py --input_model=pretrained/model_d/InsightFace_iter_best_710000.ckpt --formats=onnx,tflite
 
 The input is a `.keras` file, a checkpoint of the seed (TF1 / TensorLayer, models A-D; nets.seed_checkpoint) or one
 of our training checkpoints (prefix or run folder). Each exported file is run back on check images and compared with

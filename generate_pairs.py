@@ -19,7 +19,7 @@ from config import Config, Length, PositiveInt, Range, RequiredPath, run_script
 from eval.pair_sampling import sample_folds, scan_identities
 from eval.pairs import write_pairs
 
-logger = logging.getLogger("generate_pairs")
+log = logging.getLogger("generate_pairs")
 
 
 class Args(Config):
@@ -37,7 +37,7 @@ def main(args: Args) -> None:
     identities = scan_identities(args.data_dir, args.image_extensions)
     pairs, per_fold = sample_folds(identities, args.num_folds, args.pairs_per_fold, args.seed)
     path = write_pairs(args.pairs_filepath, pairs, args.num_folds, per_fold)
-    logger.info("wrote %d folds x (%d matched + %d mismatched) pairs from %d identities of %s to %s", args.num_folds,
+    log.info("wrote %d folds x (%d matched + %d mismatched) pairs from %d identities of %s to %s", args.num_folds,
                 per_fold, per_fold, len(identities), args.data_dir, path)
 
 

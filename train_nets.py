@@ -33,6 +33,8 @@ log = logging.getLogger("train_nets")
 
 
 class Args(Config):
+    RENAMED = {"eval_datasets": "eval_bins"}  # earlier names, still accepted
+
     # --- network (nets/) ---
     # IR-ResNet depth: 18, 34, 50 (LResNet50E-IR, model D), 100, 152, 200
     net_depth: Annotated[int, Choices(18, 34, 50, 100, 152, 200)] = 50
@@ -81,7 +83,7 @@ class Args(Config):
     jit_compile: bool = False  # XLA for the forward/backward pass (faster on GPUs, slower on this CPU)
     seed: Annotated[int, Range(0, 2**32 - 1)] = 313  # initialisation, shuffling and augmentation
     # --- validation (eval/) ---
-    eval_datasets: list[RequiredPath] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
+    eval_bins: list[RequiredPath] = []  # .bin sets in eval_db_path, e.g. ["lfw", "cfp_fp", "agedb_30"]
     eval_db_path: RequiredPath = "./datasets/faces_ms1m_112x112"  # folder of the .bin sets
     eval_dataset: OptionalPath = ""  # a custom aligned folder to validate on (with eval_pair)
     eval_pair: OptionalPath = ""  # its pairs.txt (generate_pairs.py)
@@ -134,10 +136,10 @@ def train(args: Args, strategy: tf.distribute.Strategy | None = None) -> dict:
 
 def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     from data.train_data import open_train_data
-    from nets.spec import NetworkSpec
-    from training import checkpoints
     from eval.sets import load_verification_sets
     from losses import make_head
+    from nets.spec import NetworkSpec
+    from training import checkpoints
     from training.optim import decayed_variables, lr_boundaries, piecewise_schedule
     from training.step import make_train_step, random_state_variables
 
@@ -173,7 +175,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
     resume = _find_resume_point(args, ckpt_dir)
-    validation_sets = load_verification_sets(args.eval_datasets, args.eval_db_path, args.eval_dataset, args.eval_pair,
+    validation_sets = load_verification_sets(args.eval_bins, args.eval_db_path, args.eval_dataset, args.eval_pair,
                                              image_size=args.image_size)
     log.info("training data %s: %d images of %d classes (%s), %d steps per epoch, %d replica(s)",
              args.train_dataset_dir, data.num_images, num_classes, data.format, steps_per_epoch, replicas)

@@ -41,7 +41,7 @@ from common.files import write_replacing
 from data.image_folders import printable_path
 from data.image_io import read_rgb
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MODES = ("similarity", "box")
 BOXES_FILE = "bounding_boxes.txt"
@@ -120,7 +120,7 @@ def list_images(input_dir: Path, output_dir: Path) -> tuple[list[tuple[Path, Pat
     """
     entries = [p for p in input_dir.iterdir() if not p.name.startswith(".")]
     for link in (p for p in entries if p.is_symlink() and not p.exists()):
-        logger.warning("skipping %s: a broken link or a symlink loop, not a class folder", printable_path(link))
+        log.warning("skipping %s: a broken link or a symlink loop, not a class folder", printable_path(link))
     classes = sorted(p for p in entries if p.is_dir())
     if not classes:
         raise ValueError(f"{input_dir}: no class folders found; expected input_dir/<class>/<image>")
@@ -235,7 +235,7 @@ def align_dataset(args: Args, detector: FaceDetector | None = None) -> Alignment
     output_dir.mkdir(parents=True, exist_ok=True)
     args.save(output_dir / ARGS_FILE)
     workers = min(args.num_workers or default_num_workers(), max(len(tasks), 1))
-    logger.info("%d images in %s, %d already aligned, %d to do with %s", summary.total, input_dir, summary.skipped,
+    log.info("%d images in %s, %d already aligned, %d to do with %s", summary.total, input_dir, summary.skipped,
                 len(tasks), "this process" if detector is not None or workers == 1 else f"{workers} workers")
     start = time.perf_counter()
     # surrogateescape: a file name that is not UTF-8 is written back as its own bytes instead of failing the write.
@@ -281,16 +281,16 @@ def _record(result: ImageResult, summary: AlignmentSummary, boxes, failed) -> No
         summary.unreadable += 1
     failed.write(f"{result.source}\t{result.reason}\n")
     failed.flush()
-    logger.debug("%s: %s", printable_path(Path(result.source)), result.reason)
+    log.debug("%s: %s", printable_path(Path(result.source)), result.reason)
 
 
 def _log_summary(summary: AlignmentSummary, output_dir: Path) -> None:
-    logger.info("Total number of images: %d (%d already aligned before this run)", summary.total, summary.skipped)
-    logger.info("Number of successfully aligned images: %d (%d faces written)", summary.aligned,
+    log.info("Total number of images: %d (%d already aligned before this run)", summary.total, summary.skipped)
+    log.info("Number of successfully aligned images: %d (%d faces written)", summary.aligned,
                 summary.faces_written)
-    logger.info("Without a face: %d, unreadable: %d, name clashes: %d (listed in %s)", summary.no_face,
+    log.info("Without a face: %d, unreadable: %d, name clashes: %d (listed in %s)", summary.no_face,
                 summary.unreadable, summary.name_clashes, output_dir / FAILED_FILE)
-    logger.info("%.1f s, %.2f images/s", summary.seconds, summary.images_per_second)
+    log.info("%.1f s, %.2f images/s", summary.seconds, summary.images_per_second)
 
 
 def main(args: Args) -> AlignmentSummary:

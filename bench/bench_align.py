@@ -1,5 +1,6 @@
-"""Alignment benchmark on real, uncropped faces (default: ../shared/data/yale_faces): throughput per worker count,
-share of images aligned, and how close MTCNN finds the eyes of the aligned faces to the ArcFace template.
+"""Alignment benchmark on real, uncropped faces (a folder of class folders, e.g. the Yale faces database in
+./datasets/yale_faces): throughput per worker count, share of images aligned, and how close MTCNN finds the eyes of
+the aligned faces to the ArcFace template.
 
     .venv/bin/python bench/bench_align.py [--input_dir=...] [--worker_counts=1,2]
 
@@ -10,7 +11,6 @@ given, with the CPU time per image (all processes), which does not depend on wha
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -25,14 +25,15 @@ from align.align_dataset_mtcnn import Args as AlignArgs, align_dataset
 from align.detector import FaceDetector, template_eye_error
 from config import Config, Length, PositiveFloat, Range, RequiredPath, run_script
 from data.image_io import read_rgb
+from timing import write_results
 
 REPO = Path(__file__).resolve().parents[1]
-logger = logging.getLogger("bench_align")
+log = logging.getLogger("bench_align")
 
 
 class Args(Config):
-    # folder of class folders of real faces
-    input_dir: RequiredPath = str(REPO.parent / "shared" / "data" / "yale_faces")
+    # folder of class folders of real, uncropped face photos (not shipped: the Yale faces database fits)
+    input_dir: RequiredPath = "./datasets/yale_faces"
     # num_workers values timed (1: this process, all TensorFlow threads)
     worker_counts: Annotated[list[int], Range(1), Length(1)] = [1, 2]
     eye_tolerance_px: PositiveFloat = 3.0  # an aligned face counts as "eyes on template" within this distance
@@ -99,23 +100,22 @@ def main(args: Args) -> dict:
         results["eyes_similarity"] = eye_statistics(similarity_dir, detector, args.eye_tolerance_px)
         results["eyes_box"] = eye_statistics(work / "box", detector, args.eye_tolerance_px)
     report(results)
-    Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output_json).write_text(json.dumps(results, indent=2) + "\n")
-    logger.info("wrote %s", args.output_json)
+    write_results(args.output_json, results)
+    log.info("wrote %s", args.output_json)
     return results
 
 
 def report(results: dict) -> None:
-    logger.info("%d images in %s, %.1f%% aligned, %d CPU cores", results["total_images"], results["input_dir"],
+    log.info("%d images in %s, %.1f%% aligned, %d CPU cores", results["total_images"], results["input_dir"],
                 100 * results["aligned_share"], results["cpu_cores"])
-    logger.info("| workers | images/s (whole run) | start-up s | steady images/s | CPU s per image (steady) |")
+    log.info("| workers | images/s (whole run) | start-up s | steady images/s | CPU s per image (steady) |")
     for row in results["throughput"]:
-        logger.info("| %d | %.2f | %.1f | %.2f | %.3f |", row["num_workers"], row["images_per_s"], row["startup_s"],
+        log.info("| %d | %.2f | %.1f | %.2f | %.3f |", row["num_workers"], row["images_per_s"], row["startup_s"],
                     row["steady_images_per_s"], row["cpu_s_per_image"])
-    logger.info("| mode | faces found again | eye error mean / median / p95 / max px | both eyes within tolerance |")
+    log.info("| mode | faces found again | eye error mean / median / p95 / max px | both eyes within tolerance |")
     for mode in ("similarity", "box"):
         eyes = results[f"eyes_{mode}"]
-        logger.info("| %s | %d/%d | %.2f / %.2f / %.2f / %.2f | %.1f%% |", mode, eyes["found_again"], eyes["faces"],
+        log.info("| %s | %d/%d | %.2f / %.2f / %.2f / %.2f | %.1f%% |", mode, eyes["found_again"], eyes["faces"],
                     eyes["mean_px"], eyes["median_px"], eyes["p95_px"], eyes["max_px"],
                     100 * eyes["within_tolerance"])
 

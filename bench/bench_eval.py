@@ -10,7 +10,6 @@ bench/results/eval.json.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import platform
 import time
@@ -21,7 +20,7 @@ from typing import Annotated
 import numpy as np
 
 from config import Config, PositiveInt, Range, RequiredPath, run_script
-from timing import median_seconds
+from timing import median_seconds, write_results
 from eval.verification import verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +37,7 @@ def _tests_module(name: str) -> ModuleType:
 
 _reference = _tests_module("test_verification")
 noisy_pairs, reference_evaluate = _reference.noisy_pairs, _reference.reference_evaluate
-logger = logging.getLogger("bench_eval")
+log = logging.getLogger("bench_eval")
 
 
 class Args(Config):
@@ -69,15 +68,14 @@ def main(args: Args) -> dict:
         "speedup": naive / fast, "max_abs_difference": differences, "agree_to_1e-9": max(differences.values()) <= 1e-9,
         "accuracy": result.accuracy_mean, "val": result.val, "auc": result.auc, "eer": result.eer,
     }
-    logger.info("%-34s %12s", "protocol on %d pairs" % args.num_pairs, "seconds")
-    logger.info("%-34s %12.4f", "eval.verification.verify (median)", fast)
-    logger.info("%-34s %12.4f", "seed's loop algorithm (reference)", naive)
-    logger.info("speed-up %.0fx; largest difference %.3g (accuracy %.5f, VAL %.5f, AUC %.5f, EER %.5f)",
+    log.info("%-34s %12s", "protocol on %d pairs" % args.num_pairs, "seconds")
+    log.info("%-34s %12.4f", "eval.verification.verify (median)", fast)
+    log.info("%-34s %12.4f", "seed's loop algorithm (reference)", naive)
+    log.info("speed-up %.0fx; largest difference %.3g (accuracy %.5f, VAL %.5f, AUC %.5f, EER %.5f)",
                 naive / fast, max(differences.values()), result.accuracy_mean, result.val, result.auc, result.eer)
     output = Path(args.output_json)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=1) + "\n")
-    logger.info("wrote %s", output)
+    write_results(output, summary)
+    log.info("wrote %s", output)
     return summary
 
 

@@ -10,7 +10,6 @@ Prints a table and writes bench/results/export.json. "keras (in memory)" calls t
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import tempfile
@@ -21,10 +20,10 @@ import numpy as np
 
 from config import (Choices, Config, Length, NonNegativeInt, PositiveInt, Range, RequiredPath, registered_backbones,
                     run_script)
-from timing import median_seconds
+from timing import median_seconds, write_results
 
 REPO = Path(__file__).resolve().parents[1]
-logger = logging.getLogger("bench_export")
+log = logging.getLogger("bench_export")
 
 
 class Args(Config):
@@ -63,16 +62,15 @@ def main(args: Args) -> dict:
             rows.append({"format": result.format, "bytes": result.bytes,
                          "max_relative_difference": result.max_relative_difference,
                          "images_per_second": args.batch_size / median_seconds(lambda: infer(images), args.repeats)})
-    logger.info("%s at %dx%d, batch %d, %s", args.backbone, args.image_size, args.image_size, args.batch_size,
+    log.info("%s at %dx%d, batch %d, %s", args.backbone, args.image_size, args.image_size, args.batch_size,
                 platform.processor() or platform.machine())
-    logger.info("%-18s %14s %22s %12s", "format", "bytes", "max rel. difference", "img/s")
+    log.info("%-18s %14s %22s %12s", "format", "bytes", "max rel. difference", "img/s")
     for row in rows:
-        logger.info("%-18s %14d %22.2e %12.1f", row["format"], row["bytes"], row["max_relative_difference"],
+        log.info("%-18s %14d %22.2e %12.1f", row["format"], row["bytes"], row["max_relative_difference"],
                     row["images_per_second"])
     report = {"args": args.to_dict(), "machine": platform.platform(), "weights": network.count_params(),
               "results": rows}
-    Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output_json).write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.output_json, report)
     return report
 
 

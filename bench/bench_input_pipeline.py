@@ -11,7 +11,6 @@ what else runs on the machine: the JSON records the CPU count and the load avera
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -29,6 +28,7 @@ from data.recordio import write_recordio
 from data.synthetic import generate
 from data.tfrecords import write_tfrecords
 from data.train_data import open_train_data
+from timing import write_results
 
 log = logging.getLogger("bench_input_pipeline")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,8 +105,7 @@ def main(args: Args) -> None:
     report = {"results": results, "batch_size": args.batch_size, "image_size": [112, 112],
               "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after,
               "tensorflow": tf.__version__, "python": platform.python_version(), "args": args.to_dict()}
-    Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output_json).write_text(json.dumps(report, indent=1) + "\n")
+    write_results(args.output_json, report)
     log.info("wrote %s", args.output_json)
 
 

@@ -24,7 +24,6 @@ Writes bench/results/memory.json (quick runs: bench/results/quick/memory.json) a
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -47,6 +46,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench_model import Args as ModelArgs, build_networks, make_backend, output_path, run_conditions  # noqa: E402
+from timing import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_memory")
@@ -314,8 +314,7 @@ def main(args: Args) -> dict:
               "conditions_before": before, "conditions_after": run_conditions(), "args": args.to_dict()}
     log_tables(report)
     path = output_path(args, "memory.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_results(path, report)
     log.info("wrote %s", path)
     return report
 

@@ -26,7 +26,6 @@ Writes bench/results/model.json (quick runs: bench/results/quick/model.json) and
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from losses import MarginHead
 from nets import get_backbone
+from timing import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_model")
@@ -571,8 +571,7 @@ def main(args: Args) -> dict:
               "peaks": peaks, "peak_gflops_used": limits, "results": [asdict(r) for r in rows], "targets": targets,
               "conditions_before": before, "conditions_after": after, "args": args.to_dict()}
     path = output_path(args, "model.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_results(path, report)
     log.info("wrote %s", path)
     return report
 

@@ -1,12 +1,16 @@
-"""Timing shared by the bench scripts, which import it as a sibling module: Python puts bench/ first on the module
-search path when a script runs as `python bench/<script>.py`."""
+"""What the bench scripts share (timing, writing their results), imported as a sibling module: Python puts bench/
+first on the module search path when a script runs as `python bench/<script>.py`."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from common.files import write_replacing
 
 
 def median_seconds(function: Callable[[], object], repeats: int) -> float:
@@ -18,3 +22,8 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
         function()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def write_results(path: str | Path, report: dict) -> Path:
+    """Writes a bench report as JSON (bench/results/*.json, read by run_all.py), replacing the previous one whole."""
+    return write_replacing(path, json.dumps(report, indent=1) + "\n")

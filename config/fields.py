@@ -18,14 +18,17 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import logging
 import math
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable
+from typing import Annotated, Any, Callable, ClassVar, Iterable
 
 from common.files import write_replacing
+
+log = logging.getLogger(__name__)
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -332,8 +335,31 @@ def _parse_cli_item(text: str, item_type: Any) -> Any:
 class Config:
     """Base of every script's `class Args`: typed defaults, strict overrides, args.json round trip."""
 
+    # Earlier name -> field name, for fields renamed since the seed or an earlier version: the earlier name is still
+    # accepted (keyword, --key=value, args.json) and logged once as the field it now is.
+    RENAMED: ClassVar[dict[str, str]] = {}
+
     def __init__(self, **overrides: Any) -> None:
-        self._assign(overrides, {})
+        self._assign(self._current_names(overrides), {})
+
+    @classmethod
+    def _current_name(cls, key: str) -> str:
+        """The field's name for `key`, which may be an earlier name (see RENAMED, logged)."""
+        current = cls.RENAMED.get(key, key)
+        if current != key:
+            log.info("Args: %s is now called %s", key, current)
+        return current
+
+    @classmethod
+    def _current_names(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """`values` with every earlier field name replaced by the field's name."""
+        result: dict[str, Any] = {}
+        for key, value in values.items():
+            current = cls._current_name(key)
+            if current != key and current in values:
+                raise ValueError(f"Args: {key} (the earlier name of {current}) and {current} are both given")
+            result[current] = value
+        return result
 
     def _assign(self, overrides: dict[str, Any], raws: dict[str, str]) -> None:
         """Sets every field, from `overrides` or its default, each checked against its rules: a default that a
@@ -375,10 +401,14 @@ class Config:
         fields = cls.fields()
         values: dict[str, Any] = {}
         raws: dict[str, str] = {}
+        given_as: dict[str, str] = {}  # field -> the name it was given under
         for item in argv:
             if not item.startswith("--") or "=" not in item:
                 raise ValueError(f"Args: expected --key=value, received {item!r}")
-            key, text = item[2:].split("=", 1)
+            name, text = item[2:].split("=", 1)
+            key = cls._current_name(name)
+            if given_as.setdefault(key, name) != name:  # a repeated --key=value wins; two names of one field clash
+                raise ValueError(f"Args: {key} is given twice, as --{given_as[key]} and as --{name}")
             if key not in fields:
                 raise ValueError(f"Args: unknown key {key!r} (value {text!r}); known keys: {', '.join(fields)}")
             values[key], raws[key] = _parse_cli_value(text, fields[key]), text
@@ -404,6 +434,10 @@ class Config:
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a JSON object of Args fields, got {type(values).__name__}")
         fields = cls.fields()
+        try:
+            values = cls._current_names(values)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
         if not strict:
             values = {k: v for k, v in values.items() if k in fields}
         try:

@@ -130,7 +130,7 @@ def count_classes(images: ImageSource) -> int:
 class TrainData:
     """A training data set: its size and classes, and `dataset(...)` giving one epoch of normalised batches."""
 
-    def __init__(self, images: ImageSource, format: str, num_classes: int, class_names: Sequence[str] | None,
+    def __init__(self, images: ImageSource, source_format: str, num_classes: int, class_names: Sequence[str] | None,
                  image_size: tuple[int, int], channel_order: str, source: str = "<training data>") -> None:
         check_channel_order(channel_order)
         if len(images) == 0:
@@ -139,7 +139,7 @@ class TrainData:
         check_class_density(num_classes, len(class_names) if class_names is not None else len(images), source)
         self.source = source
         self.images = images
-        self.format = format
+        self.format = source_format
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -309,13 +309,13 @@ def open_train_data(source: str, image_size: Sequence[int] = (112, 112), channel
         channel_order: "BGR" (the seed and its checkpoints) or "RGB".
     """
     image_size = (int(image_size[0]), int(image_size[1]))
-    format, path = detect_format(source)
+    source_format, path = detect_format(source)
     class_names = None
-    if format == "folder":
+    if source_format == "folder":
         images = FolderImages(path)
         class_names = images.class_names
         num_classes = len(class_names)
-    elif format == "recordio":
+    elif source_format == "recordio":
         images = RecordIOImages(path)
         num_classes = images.num_classes_hint or count_classes(images)
     else:
@@ -323,6 +323,6 @@ def open_train_data(source: str, image_size: Sequence[int] = (112, 112), channel
         info = images.info or {}
         class_names = info.get("class_names")
         num_classes = info.get("num_classes") or count_classes(images)
-    data = TrainData(images, format, num_classes, class_names, image_size, channel_order, source=str(source))
-    log.info("training data %s (%s): %d images, %d classes", source, format, data.num_images, num_classes)
+    data = TrainData(images, source_format, num_classes, class_names, image_size, channel_order, source=str(source))
+    log.info("training data %s (%s): %d images, %d classes", source, source_format, data.num_images, num_classes)
     return data

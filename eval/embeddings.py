@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from common.preprocessing import normalize
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 FLIP_MODES = ("sum", "none", "concat")
 EmbedFn = Callable[[Any], Any]  # float32 [b, H, W, 3] normalised batch -> [b, D] embeddings (any array type)

@@ -23,7 +23,7 @@ from data.bin_dataset import write_bin
 from data.image_io import decode_rgb, decode_to_size
 from eval.pairs import load_pair_images
 
-logger = logging.getLogger("make_bin")
+log = logging.getLogger("make_bin")
 
 SUFFIXES_OF_FORMAT = {"jpg": (".jpg", ".jpeg"), "png": (".png",)}
 
@@ -59,7 +59,7 @@ def main(args: Args) -> Path:
                              lambda path: encode_image(path, image_size, args.image_format, args.jpeg_quality),
                              args.skip_missing, description="encoding images")
     path = write_bin(args.output_path, pairs.images, pairs.issame.tolist())
-    logger.info("wrote %d pairs (%d matched) of %s, %d left out, to %s", pairs.num_pairs, int(pairs.issame.sum()),
+    log.info("wrote %d pairs (%d matched) of %s, %d left out, to %s", pairs.num_pairs, int(pairs.issame.sum()),
                 args.pairs_filepath, pairs.num_listed - pairs.num_pairs, path)
     return path
 

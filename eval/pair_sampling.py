@@ -20,7 +20,7 @@ import numpy as np
 from data.image_folders import is_utf8, printable_path
 from eval.pairs import Pair
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 BALANCED_TRIES = 8
 # A candidate pair as two (identity index, image index) keys, the smaller first, so (a, b) and (b, a) coincide.
@@ -67,7 +67,7 @@ def scan_identities(data_dir: str | Path, image_extensions: Sequence[str]) -> li
         else:
             empty_folders += 1
     if other_files or empty_folders:
-        logger.info("%s: ignored %d files without an image extension %s and %d folders without images", data_dir,
+        log.info("%s: ignored %d files without an image extension %s and %d folders without images", data_dir,
                     other_files, sorted(extensions), empty_folders)
     return identities
 
@@ -192,7 +192,7 @@ def sample_folds(identities: Sequence[Identity], num_folds: int, pairs_per_fold:
                          f"{numbers} (matched pairs need identities with 2+ images, mismatched ones 2+ identities)")
     per_fold = min(pairs_per_fold, possible)
     if per_fold < pairs_per_fold:
-        logger.warning("asked for %d folds x %d matched + %d mismatched pairs, but the data has %s: writing %d of "
+        log.warning("asked for %d folds x %d matched + %d mismatched pairs, but the data has %s: writing %d of "
                        "each per fold", num_folds, pairs_per_fold, pairs_per_fold, numbers, per_fold)
     matched = sampler.matched(num_folds * per_fold)
     mismatched = sampler.mismatched(num_folds * per_fold)

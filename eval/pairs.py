@@ -29,7 +29,7 @@ from common.files import write_replacing
 from data.image_folders import is_utf8
 from data.image_io import IMAGE_EXTENSIONS
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MAX_LISTED_PATHS = 5  # how many missing paths an error message shows
 Loaded = TypeVar("Loaded")
@@ -167,7 +167,7 @@ def _warn_about_content(pairs_file: PairsFile, line_numbers: list[int]) -> None:
     if pairs_file.num_folds is not None:
         expected = pairs_file.num_folds * 2 * pairs_file.pairs_per_fold
         if expected != len(pairs):
-            logger.warning("%s: the header announces %d folds x 2 x %d = %d pairs, the file holds %d", path,
+            log.warning("%s: the header announces %d folds x 2 x %d = %d pairs, the file holds %d", path,
                            pairs_file.num_folds, pairs_file.pairs_per_fold, expected, len(pairs))
     first_line: dict[frozenset, int] = {}
     repeated: list[tuple[int, int]] = []  # (line, the earlier line it repeats)
@@ -176,11 +176,11 @@ def _warn_about_content(pairs_file: PairsFile, line_numbers: list[int]) -> None:
         if earlier != number:
             repeated.append((number, earlier))
     if repeated:
-        logger.warning("%s: %d pairs repeat an earlier line (e.g. line %d repeats line %d)", path, len(repeated),
+        log.warning("%s: %d pairs repeat an earlier line (e.g. line %d repeats line %d)", path, len(repeated),
                        *repeated[0])
     self_pairs = [n for p, n in zip(pairs, line_numbers) if p.issame and p.image1 == p.image2]
     if self_pairs:
-        logger.warning("%s: %d pairs compare an image with itself (lines %s)", path, len(self_pairs),
+        log.warning("%s: %d pairs compare an image with itself (lines %s)", path, len(self_pairs),
                        self_pairs[:MAX_LISTED_PATHS])
 
 
@@ -237,7 +237,7 @@ def resolve_pair_paths(pairs: Sequence[Pair], data_dir: str | Path, skip_missing
                    f"e.g. {distinct[:MAX_LISTED_PATHS]}")
         if not skip_missing:
             raise FileNotFoundError(summary + " (set skip_missing to leave those pairs out)")
-        logger.warning("%s; skipped those pairs: the folds of the file no longer line up with its header", summary)
+        log.warning("%s; skipped those pairs: the folds of the file no longer line up with its header", summary)
     return ResolvedPairs(kept, paths, np.array([p.issame for p in kept], dtype=bool), num_skipped)
 
 
@@ -310,7 +310,7 @@ def read_pair_files(resolved: ResolvedPairs, read: Callable[[Path], Loaded],
     usable = [k for k in range(len(resolved.pairs))
               if resolved.paths[2 * k] in loaded and resolved.paths[2 * k + 1] in loaded]
     if unreadable:
-        logger.warning("%d images could not be read, e.g. %s; left out the %d pairs using them", len(unreadable),
+        log.warning("%d images could not be read, e.g. %s; left out the %d pairs using them", len(unreadable),
                        unreadable[:MAX_LISTED_PATHS], len(resolved.pairs) - len(usable))
     return usable, loaded
 

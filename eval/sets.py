@@ -21,7 +21,7 @@ from eval.embeddings import EmbedFn, compute_embeddings
 from eval.pairs import load_pair_images
 from eval.verification import VerificationResult, distance_to_cosine, verify
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEFAULT_NUM_FOLDS = 10
 HARDEST_LISTED = 10  # hardest false matches / non-matches listed in a report
@@ -166,7 +166,7 @@ def result_report(result: VerificationResult, name: str, step: int | str | None 
 
 
 def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int, channel_order: str = "BGR",
-                     flip: str = "sum", nrof_folds: int | None = None, step: int | str | None = None) -> dict[str, Any]:
+                     flip: str = "sum", num_folds: int | None = None, step: int | str | None = None) -> dict[str, Any]:
     """Embeds `vset`, runs the protocol, logs the seed's lines and returns the report dict (see `result_report`).
 
     Args:
@@ -175,20 +175,20 @@ def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int, 
         batch_size: images per embed_fn call.
         channel_order: "BGR" or "RGB", as the network was trained.
         flip: "sum" (the seed's Accuracy-Flip), "none" or "concat".
-        nrof_folds: folds of the protocol; None: the pairs file's header, else 10.
+        num_folds: folds of the protocol; None: the pairs file's header, else 10.
         step: training step or checkpoint index shown in the log lines.
     """
-    nrof_folds = nrof_folds or vset.num_folds or DEFAULT_NUM_FOLDS
+    num_folds = num_folds or vset.num_folds or DEFAULT_NUM_FOLDS
     embeddings, xnorm = compute_embeddings(embed_fn, vset.images, batch_size, channel_order, flip,
                                            description=f"{vset.name} embeddings")
-    result = verify(embeddings, vset.issame, nrof_folds)
+    result = verify(embeddings, vset.issame, num_folds)
     tag = f"[{vset.name}][{step}]"
-    logger.info("%sXNorm: %f", tag, xnorm)
+    log.info("%sXNorm: %f", tag, xnorm)
     label = "Accuracy" if flip == "none" else "Accuracy-Flip"
-    logger.info("%s%s: %1.5f+-%1.5f", tag, label, result.accuracy_mean, result.accuracy_std)
-    logger.info("%sVAL@FAR=%g: %1.5f+-%1.5f (FAR %1.5f)%s", tag, result.far_target, result.val, result.val_std,
+    log.info("%s%s: %1.5f+-%1.5f", tag, label, result.accuracy_mean, result.accuracy_std)
+    log.info("%sVAL@FAR=%g: %1.5f+-%1.5f (FAR %1.5f)%s", tag, result.far_target, result.val, result.val_std,
                 result.far, "" if result.val_measurable else " not measurable: too few mismatched pairs")
-    logger.info("%sAUC: %1.5f EER: %1.5f", tag, result.auc, result.eer)
+    log.info("%sAUC: %1.5f EER: %1.5f", tag, result.auc, result.eer)
     report = result_report(result, vset.name, step, xnorm, vset.paths)
     report.update(flip=flip, channel_order=channel_order)
     return report

@@ -4,7 +4,7 @@ Conventions (the seed's, kept exactly so numbers stay comparable with published 
 
 * ``embeddings`` is [2P, D]; pair k is rows 2k and 2k+1; rows are already L2-normalised, so the squared L2 distance
   ``sum((e1 - e2) ** 2)`` lies in [0, 4]. A pair is predicted "same" when ``distance < threshold`` (strict).
-* Folds are ``KFold(nrof_folds, shuffle=False)``: contiguous blocks of pairs, the first ``P % nrof_folds`` folds one
+* Folds are ``KFold(num_folds, shuffle=False)``: contiguous blocks of pairs, the first ``P % num_folds`` folds one
   pair longer. With the LFW layout (each fold = its matched lines, then its mismatched lines) they are the official
   sets.
 * Accuracy: for each fold, the threshold of ``arange(0, 4, 0.01)`` with the best accuracy on the other (training)
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -110,13 +110,13 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
     return np.sum(np.square(embeddings[0::2] - embeddings[1::2]), axis=1)
 
 
-def fold_slices(nrof_pairs: int, nrof_folds: int) -> list[slice]:
-    """The test folds of KFold(nrof_folds, shuffle=False): contiguous, the first nrof_pairs % nrof_folds one longer."""
-    if nrof_folds < 2 or nrof_pairs < nrof_folds:
-        raise ValueError(f"need at least 2 folds and one pair per fold; received {nrof_pairs} pairs, "
-                         f"{nrof_folds} folds")
-    sizes = np.full(nrof_folds, nrof_pairs // nrof_folds)
-    sizes[: nrof_pairs % nrof_folds] += 1
+def fold_slices(num_pairs: int, num_folds: int) -> list[slice]:
+    """The test folds of KFold(num_folds, shuffle=False): contiguous, the first num_pairs % num_folds one longer."""
+    if num_folds < 2 or num_pairs < num_folds:
+        raise ValueError(f"need at least 2 folds and one pair per fold; received {num_pairs} pairs, "
+                         f"{num_folds} folds")
+    sizes = np.full(num_folds, num_pairs // num_folds)
+    sizes[: num_pairs % num_folds] += 1
     ends = np.cumsum(sizes)
     return [slice(int(end - size), int(end)) for size, end in zip(sizes, ends)]
 
@@ -219,44 +219,44 @@ def _check_inputs(distances: np.ndarray, issame: np.ndarray) -> None:
 def _warn_single_class_folds(counts: _FoldCounts) -> None:
     lacking = [f for f in range(len(counts.n_same)) if counts.n_same[f] == 0 or counts.n_diff[f] == 0]
     if lacking:
-        logger.warning("folds %s hold a single class (matched %s, mismatched %s per fold): their accuracy is a TPR "
+        log.warning("folds %s hold a single class (matched %s, mismatched %s per fold): their accuracy is a TPR "
                        "or TNR. List each fold's matched pairs then its mismatched pairs (generate_pairs.py does).",
                        lacking, counts.n_same.tolist(), counts.n_diff.tolist())
 
 
 def _warn_if_val_unmeasurable(result: VerificationResult) -> None:
     if not result.val_measurable:
-        logger.warning("VAL@FAR=%g cannot be measured: the training folds hold %d mismatched pairs (fewest over "
+        log.warning("VAL@FAR=%g cannot be measured: the training folds hold %d mismatched pairs (fewest over "
                        "folds), fewer than the %d that FAR %g needs, so one false accept already exceeds it; VAL is "
                        "computed as the seed did but is not a VAL at that FAR. Use a set with more mismatched pairs.",
                        result.far_target, np.min(result.val_training_negatives), result.val_negatives_needed,
                        result.far_target)
 
 
-def verify_distances(distances: np.ndarray, actual_issame: np.ndarray, nrof_folds: int = 10,
+def verify_distances(distances: np.ndarray, actual_issame: np.ndarray, num_folds: int = 10,
                      far_target: float = FAR_TARGET) -> VerificationResult:
     """Runs the protocol on pair distances (squared L2 of L2-normalised embeddings, see the module docstring).
 
     Args:
         distances: [P] distance of each pair.
         actual_issame: [P] bool, True for a matched pair.
-        nrof_folds: number of contiguous folds.
+        num_folds: number of contiguous folds.
         far_target: the FAR at which VAL is measured.
     """
     distances = np.asarray(distances)
     issame = np.asarray(actual_issame).astype(bool)
     _check_inputs(distances, issame)
-    folds = fold_slices(distances.shape[0], nrof_folds)
-    fold_of_pair = np.repeat(np.arange(nrof_folds), [f.stop - f.start for f in folds])
+    folds = fold_slices(distances.shape[0], num_folds)
+    fold_of_pair = np.repeat(np.arange(num_folds), [f.stop - f.start for f in folds])
 
     roc = _FoldCounts.count(distances, issame, folds, ACCURACY_THRESHOLDS)
     _warn_single_class_folds(roc)
     train_accuracy = roc.training().accuracy()
     best_index = np.argmax(train_accuracy, axis=1)  # the first (smallest) threshold on ties
-    fold_rows = np.arange(nrof_folds)
+    fold_rows = np.arange(num_folds)
     test_accuracy = roc.accuracy()[fold_rows, best_index]
     for fold, index in enumerate(best_index):
-        logger.debug("fold %d: best_threshold_index %d, train accuracy %.5f", fold, index,
+        log.debug("fold %d: best_threshold_index %d, train accuracy %.5f", fold, index,
                      train_accuracy[fold, index])
     tpr = np.mean(roc.true_positive_rate(), 0)
     fpr = np.mean(roc.false_positive_rate(), 0)
@@ -265,7 +265,7 @@ def verify_distances(distances: np.ndarray, actual_issame: np.ndarray, nrof_fold
     val_training = val_counts.training()
     far_train = val_training.false_positive_rate()
     val_thresholds = np.array([_threshold_at_far(far_train[f], VAL_THRESHOLDS, far_target)
-                               for f in range(nrof_folds)])
+                               for f in range(num_folds)])
     below = distances.astype(np.float64) < val_thresholds[fold_of_pair]
     val_per_fold = _rate([np.count_nonzero(below[f] & issame[f]) for f in folds], val_counts.n_same)
     far_per_fold = _rate([np.count_nonzero(below[f] & ~issame[f]) for f in folds], val_counts.n_diff)
@@ -281,25 +281,25 @@ def verify_distances(distances: np.ndarray, actual_issame: np.ndarray, nrof_fold
     return result
 
 
-def verify(embeddings: np.ndarray, actual_issame: np.ndarray, nrof_folds: int = 10,
+def verify(embeddings: np.ndarray, actual_issame: np.ndarray, num_folds: int = 10,
            far_target: float = FAR_TARGET) -> VerificationResult:
     """Runs the protocol on [2P, D] L2-normalised embeddings (pair k = rows 2k, 2k+1); returns every measurement."""
     embeddings = np.asarray(embeddings)
     distances = pair_distances(embeddings)
     squared_norms = np.einsum("ij,ij->i", embeddings, embeddings)
     if squared_norms.size and np.max(np.abs(squared_norms - 1.0)) > 2e-3:
-        logger.warning("embeddings are not L2-normalised (row norms %.4g..%.4g): the thresholds 0..4 assume unit rows",
+        log.warning("embeddings are not L2-normalised (row norms %.4g..%.4g): the thresholds 0..4 assume unit rows",
                        np.sqrt(squared_norms.min()), np.sqrt(squared_norms.max()))
-    return verify_distances(distances, actual_issame, nrof_folds, far_target)
+    return verify_distances(distances, actual_issame, num_folds, far_target)
 
 
-def evaluate(embeddings: np.ndarray, actual_issame: np.ndarray, nrof_folds: int = 10):
+def evaluate(embeddings: np.ndarray, actual_issame: np.ndarray, num_folds: int = 10):
     """The seed's entry point: returns ``tpr, fpr, accuracy, val, val_std, far`` (accuracy = the per-fold array).
 
     Args:
         embeddings: [2P, D] L2-normalised embeddings, pair k = rows 2k and 2k+1.
         actual_issame: [P] bool.
-        nrof_folds: number of contiguous folds (10).
+        num_folds: number of contiguous folds (10).
     """
-    result = verify(embeddings, actual_issame, nrof_folds)
+    result = verify(embeddings, actual_issame, num_folds)
     return result.tpr, result.fpr, result.accuracy, result.val, result.val_std, result.far

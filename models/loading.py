@@ -38,6 +38,13 @@ class EmbeddingModel:
     source: str  # the resolved path: the .keras file or the checkpoint prefix
     kind: str  # the name of its entry in KINDS
 
+    @property
+    def network(self) -> keras.Model:
+        """The network alone, taking float images normalised as in training (what evaluation feeds): `model`
+        itself, or the network inside an export that carries its preprocessing."""
+        info = deployment_info(self.model)
+        return self.model if info is None else info["network"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:

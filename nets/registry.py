@@ -7,7 +7,7 @@ Names (case-insensitive):
 
 * IR-ResNet (nets.resnet_ir, the seed's L_Resnet_E_IR family): ``resnet{18,34,50,100,152,200}_ir``, the
   squeeze-excitation units ``resnet{depth}_se_ir``, and the insightface names ``LResNet{depth}E-IR``; keyword
-  arguments `norm` ("bn", "gn", "brn") and `width` (1, or 4 for the seed's L_Resnet_E_IR.py) pass through;
+  arguments `norm` ("bn", "gn", "brn") and `net_width` (1, or 4 for the seed's L_Resnet_E_IR.py) pass through;
 * ImageNet ResNet v1 of the seed's nets/resnet.py (nets.resnet_v1): ``resnet{50,101,152}_v1``,
   ``se_resnet{50,101,152}_v1``, ``resnext{50,101,152}_32x4d``;
 * ``vgg16``, ``vgg19`` (nets.vgg);
@@ -36,14 +36,14 @@ from nets.vgg import BLOCK_CONVS, get_vgg
 SEED_WIDE_DEPTHS = {50: 50, 101: 100, 152: 152}
 
 
-def get_seed_wide_resnet(num_layers: int, type: str = "ir", norm: str = "bn", **kwargs) -> keras.Model:  # noqa: A002
-    """The seed's 4x-wide IR-ResNet (models A-C): width 4, depth `num_layers` in SEED_WIDE_DEPTHS, model (scope)
+def get_seed_wide_resnet(num_layers: int, unit_type: str = "ir", norm: str = "bn", **kwargs) -> keras.Model:
+    """The seed's 4x-wide IR-ResNet (models A-C): net_width 4, depth `num_layers` in SEED_WIDE_DEPTHS, model (scope)
     name "resnet_v1_<num_layers>" as in its checkpoints. Other keyword arguments as nets.resnet_ir.get_resnet."""
     if num_layers not in SEED_WIDE_DEPTHS:
         raise ValueError(f"unknown num_layers {num_layers!r} for the seed's 4x-wide net; expected one of "
                          f"{sorted(SEED_WIDE_DEPTHS)}")
     kwargs.setdefault("name", f"resnet_v1_{num_layers}")
-    return resnet_ir.get_resnet(SEED_WIDE_DEPTHS[num_layers], type, norm, width=4, **kwargs)
+    return resnet_ir.get_resnet(SEED_WIDE_DEPTHS[num_layers], unit_type, norm, net_width=4, **kwargs)
 
 
 def _registry() -> dict[str, Callable[..., keras.Model]]:

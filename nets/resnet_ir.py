@@ -9,7 +9,7 @@ Structure (the seed's "model D", nets/L_Resnet_E_IR_fix_issue9.py):
   no activation after the add. The SE-IR unit rescales the residual by a squeeze-excitation gate and ends in ReLU;
 * output block "E" (nets.output_block): norm -> dropout -> flatten -> dense 512 -> batch norm with a frozen gamma.
 
-`width=4` gives the seed's nets/L_Resnet_E_IR.py (models A-C): conv2 and the unit output four times wider.
+`net_width=4` gives the seed's nets/L_Resnet_E_IR.py (models A-C): conv2 and the unit output four times wider.
 
 Layer names are the seed's TensorLayer variable scopes below `resnet_v1_<depth>/`, with "/" written as "." (Keras
 forbids "/" in names), so `seed_scope()` maps every layer onto the seed's checkpoint names one to one.
@@ -116,7 +116,7 @@ def _ir_unit(b: _Builder, x, depth: int, depth_bottleneck: int, stride: int, uni
     return keras.layers.Add(name=f"{scope}.combine_layer")([shortcut, residual])
 
 
-def get_resnet(num_layers: int, type: str = "ir", norm: str = "bn", width: int = 1, *,  # noqa: A002 (seed's name)
+def get_resnet(num_layers: int, unit_type: str = "ir", norm: str = "bn", net_width: int = 1, *,
                image_size: int | tuple[int, int] = 112, dropout_rate: float = 0.4,
                embedding_size: int = EMBEDDING_SIZE, synchronized_bn: bool = False,
                seed: int | None = None, name: str | None = None) -> keras.Model:
@@ -124,9 +124,9 @@ def get_resnet(num_layers: int, type: str = "ir", norm: str = "bn", width: int =
 
     Args:
         num_layers: depth, one of STAGE_UNITS (18, 34, 50, 100, 152, 200).
-        type: "ir" (model D's unit) or "se_ir" (squeeze-excitation IR unit).
+        unit_type: "ir" (model D's unit) or "se_ir" (squeeze-excitation IR unit).
         norm: "bn", "gn" or "brn" (see nets.norms).
-        width: 1 (fix_issue9, model D) or 4 (L_Resnet_E_IR.py, models A-C: conv2 and unit outputs 4x wider).
+        net_width: 1 (fix_issue9, model D) or 4 (L_Resnet_E_IR.py, models A-C: conv2 and unit outputs 4x wider).
         image_size: input height and width; the flatten of the output block fixes it at build time (112 -> 7x7).
         dropout_rate: fraction dropped before the final dense layer in training (insightface's 0.4; the seed fed
             keep_prob 0.4, i.e. dropped 0.6).
@@ -139,24 +139,24 @@ def get_resnet(num_layers: int, type: str = "ir", norm: str = "bn", width: int =
     """
     if num_layers not in STAGE_UNITS:
         raise ValueError(f"unknown num_layers {num_layers!r}; expected one of {sorted(STAGE_UNITS)}")
-    if type not in UNIT_TYPES:
-        raise ValueError(f"unknown unit type {type!r}; expected one of {', '.join(UNIT_TYPES)}")
-    if width not in WIDTHS:
-        raise ValueError(f"unknown width {width!r}; expected one of {WIDTHS}")
+    if unit_type not in UNIT_TYPES:
+        raise ValueError(f"unknown unit type {unit_type!r}; expected one of {', '.join(UNIT_TYPES)}")
+    if net_width not in WIDTHS:
+        raise ValueError(f"unknown net_width {net_width!r}; expected one of {WIDTHS}")
     check_norm(norm)
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1); received {dropout_rate}")
-    height, width_px = image_size_pair(image_size)
+    height, width = image_size_pair(image_size)
 
     b = _Builder(norm, synchronized_bn, seed)
-    inputs = keras.Input((height, width_px, 3), name="input_layer")
+    inputs = keras.Input((height, width, 3), name="input_layer")
     x = b.conv(inputs, 64, 3, 1, "conv1")
     x = b.norm_layer(x, "group_norm_0" if norm == "gn" else "bn0")
     x = b.prelu(x, "prelu0")
     for stage, (units, channels) in enumerate(zip(STAGE_UNITS[num_layers], STAGE_CHANNELS), start=1):
         for unit in range(1, units + 1):
             scope = f"block{stage}.unit_{unit}.bottleneck_v1"
-            x = _ir_unit(b, x, channels * width, channels, 2 if unit == 1 else 1, type, scope)
+            x = _ir_unit(b, x, channels * net_width, channels, 2 if unit == 1 else 1, unit_type, scope)
 
     x = embedding_block(x, norm=norm, dropout_rate=dropout_rate, embedding_size=embedding_size,
                         synchronized_bn=synchronized_bn, next_seed=b.next_seed)

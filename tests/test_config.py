@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from typing import Annotated
+
+import pytest
 
 from config import (Choices, Config, ImageSize, ImageSizeOrNetwork, Length, NonNegativeInt, OptionalPath, PositiveInt,
                     Range, RequiredPath, help_text)
@@ -270,3 +271,39 @@ def test_help_shows_what_each_field_allows():
     assert "[allowed: >= 0 and < 1]" in rows["--rate"] and "<= 4294967295" in rows["--seed"]
     assert "[allowed: one of bn, gn]" in rows["--norm"] and "[allowed: > 0; 1 or more items]" in rows["--lrs"]
     assert "[allowed: > 0, or None]" in rows["--scale"] and "[allowed: a non-empty path]" in rows["--out"]
+
+
+# ------------------------------------------------------------------------------------------------ renamed fields
+class _Renamed(Config):
+    RENAMED = {"eval_datasets": "eval_bins"}
+
+    eval_bins: list[str] = []
+    seed: int = 1
+
+
+def test_an_earlier_field_name_is_accepted_everywhere_a_name_is_given(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="config.fields"):
+        from_cli = _Renamed.from_cli(["--eval_datasets=[lfw,cfp_fp]"])
+    assert from_cli.eval_bins == ["lfw", "cfp_fp"] and "eval_datasets is now called eval_bins" in caplog.text
+    assert _Renamed(eval_datasets=["lfw"]).eval_bins == ["lfw"]
+    (tmp_path / "args.json").write_text(json.dumps({"eval_datasets": ["agedb_30"], "seed": 4}))
+    loaded = _Renamed.load(tmp_path / "args.json")
+    assert (loaded.eval_bins, loaded.seed) == (["agedb_30"], 4)
+    assert "eval_datasets" not in loaded.to_dict()  # saved under the field's name only
+
+
+def test_a_field_given_under_both_names_is_refused():
+    assert _Renamed.from_cli(["--eval_bins=[lfw]", "--eval_bins=[cfp_fp]"]).eval_bins == ["cfp_fp"]  # the last wins
+    with pytest.raises(ValueError, match="eval_bins is given twice, as --eval_bins and as --eval_datasets"):
+        _Renamed.from_cli(["--eval_bins=[lfw]", "--eval_datasets=[cfp_fp]"])
+    with pytest.raises(ValueError, match="eval_datasets .* and eval_bins are both given"):
+        _Renamed(eval_bins=["lfw"], eval_datasets=["cfp_fp"])
+
+
+def test_the_scripts_take_the_seed_names_of_renamed_fields():
+    import eval_ckpt_file
+    import train_nets
+
+    assert train_nets.Args.from_cli(["--eval_datasets=[lfw]"]).eval_bins == ["lfw"]
+    args = eval_ckpt_file.Args.from_cli(["--eval_datasets=[lfw]", "--nrof_folds=5"])
+    assert (args.eval_bins, args.num_folds) == (["lfw"], 5)

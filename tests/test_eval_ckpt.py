@@ -119,6 +119,24 @@ def test_keras_export_gives_the_checkpoint_s_numbers(tiny_run, tmp_path):
     np.testing.assert_allclose(from_keras["distances"], from_ckpt["distances"], rtol=1e-5, atol=1e-6)
 
 
+def test_a_deployment_export_is_evaluated_through_its_network_not_normalised_twice(tiny_run, tmp_path):
+    """An export that carries its preprocessing (uint8 in, resizing 48 -> 32) gives the checkpoint's numbers."""
+    from deploy.preprocessing import with_preprocessing
+    from models import load_embedding_model
+
+    root = tiny_run["root"]
+    network = load_embedding_model(root / "ckpt" / "InsightFace_iter-3").model
+    with_preprocessing(network, "RGB", input_size=(48, 48)).save(tmp_path / "deployed.keras")
+    common = dict(eval_dataset=str(root / "heldout"), eval_pair=str(root / "pairs.txt"), batch_size=8,
+                  ckpt_index_list=[])
+    from_ckpt = eval_ckpt_file.evaluate_checkpoints(eval_ckpt_file.Args(
+        ckpt_file=str(root / "ckpt" / "InsightFace_iter-3"), output_dir=str(tmp_path / "a"), **common))[0]
+    deployed = eval_ckpt_file.evaluate_checkpoints(eval_ckpt_file.Args(
+        ckpt_file=str(tmp_path / "deployed.keras"), output_dir=str(tmp_path / "b"), **common))[0]
+    assert deployed["image_size"] == [32, 32]  # the network's input, not the export's resize
+    np.testing.assert_allclose(deployed["distances"], from_ckpt["distances"], rtol=1e-5, atol=1e-6)
+
+
 def test_nothing_to_evaluate_and_missing_checkpoint_are_named(tiny_run, tmp_path):
     root = tiny_run["root"]
     with pytest.raises(ValueError, match="nothing to evaluate"):

@@ -33,7 +33,7 @@ def _variants():
 
 @pytest.mark.parametrize("depth, norm, unit", _variants())
 def test_every_variant_builds_and_gives_finite_embeddings(depth, norm, unit):
-    model = get_resnet(depth, type=unit, norm=norm, image_size=32, seed=0)
+    model = get_resnet(depth, unit_type=unit, norm=norm, image_size=32, seed=0)
     for training in (True, False):
         out = model(_small_batch(), training=training)
         assert out.shape == (2, 512)
@@ -44,12 +44,12 @@ def test_every_variant_builds_and_gives_finite_embeddings(depth, norm, unit):
                                                     (152, 1, 70_836_416), (50, 4, 176_367_808)])
 def test_weight_counts_equal_the_seed(depth, width, expected):
     """All weights including BN moving statistics (seed-behaviour.md 2.1 table)."""
-    assert get_resnet(depth, width=width).count_params() == expected
+    assert get_resnet(depth, net_width=width).count_params() == expected
 
 
 @pytest.mark.parametrize("norm, unit", [("bn", "ir"), ("gn", "ir"), ("brn", "ir"), ("bn", "se_ir")])
 def test_every_trainable_weight_gets_a_gradient_and_frozen_gamma_stays(norm, unit):
-    model = get_resnet(18, type=unit, norm=norm, image_size=32, seed=1)
+    model = get_resnet(18, unit_type=unit, norm=norm, image_size=32, seed=1)
     head = MarginHead(4, seed=2)
     labels = tf.constant([0, 1, 2, 3])
     images = _small_batch(n=4)
@@ -118,7 +118,7 @@ def test_shortcut_subsample_and_padding_act_as_the_seed():
 
 
 def test_width_four_and_group_norm_variants():
-    wide = get_resnet(50, width=4, image_size=32)
+    wide = get_resnet(50, net_width=4, image_size=32)
     assert wide.get_layer("block1.unit_1.bottleneck_v1.shortcut_conv").kernel.shape == (1, 1, 64, 256)
     assert wide.get_layer("block1.unit_1.bottleneck_v1.conv1").kernel.shape == (3, 3, 64, 64)
     assert wide.get_layer("block1.unit_1.bottleneck_v1.conv2").kernel.shape == (3, 3, 64, 256)
@@ -153,9 +153,9 @@ def test_every_builder_takes_one_n_for_n_by_n_and_refuses_other_sizes(builder):
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"num_layers": 51}, "18, 34, 50, 100, 152, 200"),
-    ({"num_layers": 50, "type": "bottleneck"}, "ir, se_ir"),
+    ({"num_layers": 50, "unit_type": "bottleneck"}, "ir, se_ir"),
     ({"num_layers": 50, "norm": "ln"}, "bn, gn, brn"),
-    ({"num_layers": 50, "width": 2}, "(1, 4)"),
+    ({"num_layers": 50, "net_width": 2}, "(1, 4)"),
 ])
 def test_bad_options_name_the_choices(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):

@@ -56,19 +56,19 @@ def current_interp1d(far_train, thresholds, far_target):
     return float(interp1d(far_train, thresholds, kind="slinear")(far_target))
 
 
-def reference_evaluate(embeddings, actual_issame, nrof_folds=10, interpolate=seed_era_slinear):
+def reference_evaluate(embeddings, actual_issame, num_folds=10, interpolate=seed_era_slinear):
     """The seed's evaluate(): returns tpr, fpr, accuracy, val, val_std, far, best thresholds and VAL thresholds."""
     actual_issame = np.asarray(actual_issame)
     embeddings1, embeddings2 = embeddings[0::2], embeddings[1::2]
     dist = np.sum(np.square(np.subtract(embeddings1, embeddings2)), 1)
     indices = np.arange(len(actual_issame))
-    k_fold = KFold(n_splits=nrof_folds, shuffle=False)
+    k_fold = KFold(n_splits=num_folds, shuffle=False)
 
     thresholds = np.arange(0, 4, 0.01)
-    tprs = np.zeros((nrof_folds, len(thresholds)))
-    fprs = np.zeros((nrof_folds, len(thresholds)))
-    accuracy = np.zeros(nrof_folds)
-    best_thresholds = np.zeros(nrof_folds)
+    tprs = np.zeros((num_folds, len(thresholds)))
+    fprs = np.zeros((num_folds, len(thresholds)))
+    accuracy = np.zeros(num_folds)
+    best_thresholds = np.zeros(num_folds)
     for fold_idx, (train_set, test_set) in enumerate(k_fold.split(indices)):
         acc_train = np.zeros(len(thresholds))
         for threshold_idx, threshold in enumerate(thresholds):
@@ -83,8 +83,8 @@ def reference_evaluate(embeddings, actual_issame, nrof_folds=10, interpolate=see
     tpr, fpr = np.mean(tprs, 0), np.mean(fprs, 0)
 
     thresholds = np.arange(0, 4, 0.001)
-    val, far = np.zeros(nrof_folds), np.zeros(nrof_folds)
-    val_thresholds = np.zeros(nrof_folds)
+    val, far = np.zeros(num_folds), np.zeros(num_folds)
+    val_thresholds = np.zeros(num_folds)
     for fold_idx, (train_set, test_set) in enumerate(k_fold.split(indices)):
         far_train = np.zeros(len(thresholds))
         for threshold_idx, threshold in enumerate(thresholds):
@@ -128,9 +128,9 @@ def embeddings_at_distances(distances):
     return embeddings
 
 
-def assert_matches_reference(embeddings, issame, nrof_folds=10, **reference_options):
-    expected = reference_evaluate(embeddings, issame, nrof_folds, **reference_options)
-    result = verify(embeddings, issame, nrof_folds)
+def assert_matches_reference(embeddings, issame, num_folds=10, **reference_options):
+    expected = reference_evaluate(embeddings, issame, num_folds, **reference_options)
+    result = verify(embeddings, issame, num_folds)
     np.testing.assert_array_equal(result.accuracy, expected["accuracy"])
     np.testing.assert_array_equal(result.best_thresholds, expected["best_thresholds"])
     np.testing.assert_allclose(result.tpr, expected["tpr"], rtol=0, atol=1e-9)
@@ -140,7 +140,7 @@ def assert_matches_reference(embeddings, issame, nrof_folds=10, **reference_opti
         assert getattr(result, key) == pytest.approx(expected[key], abs=1e-9), key
     assert result.auc == pytest.approx(sklearn_auc(expected["fpr"], expected["tpr"]), abs=1e-9)
     # The seed's tuple comes out of evaluate() unchanged.
-    tpr, fpr, accuracy, val, val_std, far = evaluate(embeddings, issame, nrof_folds)
+    tpr, fpr, accuracy, val, val_std, far = evaluate(embeddings, issame, num_folds)
     np.testing.assert_array_equal(accuracy, result.accuracy)
     assert (val, val_std, far) == (result.val, result.val_std, result.far)
     np.testing.assert_array_equal(tpr, result.tpr)
@@ -495,7 +495,7 @@ def test_run_verification_logs_the_seed_lines_and_reports_the_protocol(identity_
     with caplog.at_level(logging.INFO):
         report = run_verification(embed_fn, vset, batch_size=5, channel_order="BGR", step=7)
     embeddings, xnorm = reference_embeddings(embed_fn, vset.images, "BGR", "sum")
-    expected = verify(embeddings, vset.issame, nrof_folds=2)  # the header's 2 folds
+    expected = verify(embeddings, vset.issame, num_folds=2)  # the header's 2 folds
     assert report["num_folds"] == 2 and report["xnorm"] == pytest.approx(xnorm, rel=1e-12)
     assert report["accuracy_mean"] == pytest.approx(expected.accuracy_mean, abs=1e-12)
     assert report["accuracy_std"] == pytest.approx(expected.accuracy_std, abs=1e-12)
@@ -594,7 +594,7 @@ def test_hardest_pairs_picture_of_a_bin_set_names_image_indices(tmp_path, monkey
 
     images = np.random.default_rng(6).integers(0, 256, (48, 6, 5, 3), dtype=np.uint8)
     vset = VerificationSet("binset", images, np.arange(24) % 2 == 0)
-    report = run_verification(projection_embed_fn((6, 5, 3), dim=8), vset, batch_size=16, nrof_folds=2)
+    report = run_verification(projection_embed_fn((6, 5, 3), dim=8), vset, batch_size=16, num_folds=2)
     drawn = drawn_hardest_pairs(monkeypatch, tmp_path, vset, report)
     entries = report["hardest_false_matches"] + report["hardest_false_non_matches"]
     assert len(drawn) == len(entries) == 20

@@ -113,6 +113,10 @@ def script_table(command: str, module: str) -> str:
         cells = [f"`{name}`", type_name(tp), allowed_text(tp), f"`{cli_text(getattr(args_class, name))}`",
                  comments[name]]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    renamed = vars(args_class).get("RENAMED", {})
+    if renamed:
+        lines += ["", "Earlier names, still accepted: " + ", ".join(f"`{old}` (now `{new}`)"
+                                                                   for old, new in renamed.items()) + "."]
     return "\n".join(lines) + "\n"
 
 

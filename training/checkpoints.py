@@ -54,7 +54,7 @@ RUN_FIELDS = frozenset({
 ADJUSTABLE_FIELDS = frozenset({
     "epoch", "max_steps", "lr_values", "lr_steps", "lr_steps_scaled", "lr_steps_as_seed_ran", "momentum",
     "weight_decay", "grad_accum_steps", "jit_compile", "sync_bn", "num_gpus", "multi_worker",
-    "eval_datasets", "eval_db_path", "eval_dataset", "eval_pair", "validate_interval",
+    "eval_bins", "eval_db_path", "eval_dataset", "eval_pair", "validate_interval",
     "ckpt_path", "summary_path", "log_file_path", "saver_maxkeep", "ckpt_interval", "summary_interval",
     "show_info_interval",
 })
