@@ -101,7 +101,6 @@ def main(args: Args) -> dict:
         results["eyes_box"] = eye_statistics(work / "box", detector, args.eye_tolerance_px)
     report(results)
     write_results(args.output_json, results)
-    log.info("wrote %s", args.output_json)
     return results
 
 

@@ -75,7 +75,6 @@ def main(args: Args) -> dict:
                 naive / fast, max(differences.values()), result.accuracy_mean, result.val, result.auc, result.eer)
     output = Path(args.output_json)
     write_results(output, summary)
-    log.info("wrote %s", output)
     return summary
 
 

@@ -106,7 +106,6 @@ def main(args: Args) -> None:
               "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after,
               "tensorflow": tf.__version__, "python": platform.python_version(), "args": args.to_dict()}
     write_results(args.output_json, report)
-    log.info("wrote %s", args.output_json)
 
 
 if __name__ == "__main__":

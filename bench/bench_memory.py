@@ -315,7 +315,6 @@ def main(args: Args) -> dict:
     log_tables(report)
     path = output_path(args, "memory.json")
     write_results(path, report)
-    log.info("wrote %s", path)
     return report
 
 

@@ -572,7 +572,6 @@ def main(args: Args) -> dict:
               "conditions_before": before, "conditions_after": after, "args": args.to_dict()}
     path = output_path(args, "model.json")
     write_results(path, report)
-    log.info("wrote %s", path)
     return report
 
 

@@ -4,6 +4,7 @@ first on the module search path when a script runs as `python bench/<script>.py`
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,6 +12,8 @@ from typing import Callable
 import numpy as np
 
 from common.files import write_replacing
+
+log = logging.getLogger(__name__)
 
 
 def median_seconds(function: Callable[[], object], repeats: int) -> float:
@@ -26,4 +29,6 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
 
 def write_results(path: str | Path, report: dict) -> Path:
     """Writes a bench report as JSON (bench/results/*.json, read by run_all.py), replacing the previous one whole."""
-    return write_replacing(path, json.dumps(report, indent=1) + "\n")
+    written = write_replacing(path, json.dumps(report, indent=1) + "\n")
+    log.info("wrote %s", written)
+    return written
