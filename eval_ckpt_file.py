@@ -76,15 +76,16 @@ def evaluate_checkpoints(args: Args) -> list[dict]:
     sets_by_size: dict[tuple[int, int], list] = {}  # checkpoints of one call may have different input sizes
     for checkpoint in checkpoint_paths(args):
         loaded = load_embedding_model(checkpoint, args.channel_order)
-        network = loaded.network  # an export's preprocessing is applied here, as for a checkpoint
-        image_size = tuple(args.image_size) if args.image_size else tuple(network.input_shape[1:3])
+        image_size = tuple(args.image_size) if args.image_size else loaded.input_size
         if image_size not in sets_by_size:
             sets_by_size[image_size] = load_sets(args, image_size)
         sets = sets_by_size[image_size]
-        embed = embedding_function(network)
+        # The network alone, fed as its preprocessing says: a model that carries its preprocessing (an export, an
+        # imported recogniser) is not normalised twice, and the flip sum adds raw embeddings, as the seed's does.
+        embed = embedding_function(loaded.network)
         index = Path(checkpoint).name
         for vset in sets:
-            report = run_verification(embed, vset, batch_size=args.batch_size, channel_order=loaded.channel_order,
+            report = run_verification(embed, vset, batch_size=args.batch_size, preprocessing=loaded.preprocessing,
                                       flip=args.flip, num_folds=args.num_folds or None, step=index)
             report.update(checkpoint=checkpoint, image_size=list(image_size))
             report["files"] = {k: str(v) for k, v in save_report_files(output_dir / f"{vset.name}_{index}", vset,

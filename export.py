@@ -78,6 +78,13 @@ def _deployable(model, args: Args, channel_order: str):
         if args.input_size is not None:
             raise ValueError(f"input_size={args.input_size} needs with_preprocessing=true (the resize is part of it)")
         return model
+    if not info["l2_normalized"]:
+        # An imported recogniser (nets.load_pretrained: its own numbers, the raw embedding): deployed, like every
+        # export, as its network behind the same numbers and an L2 normalisation.
+        if not args.with_preprocessing:
+            return info["network"]
+        return with_preprocessing(info["network"], channel_order, args.input_size, mean=info["mean"],
+                                  scale=info["scale"])
     # An export of ours (e.g. output/export/embedding.keras): wrapping it again would map every face to one point.
     if not args.with_preprocessing:
         raise ValueError(f"input_model {args.input_model} already carries the preprocessing (uint8 RGB input); "
@@ -94,7 +101,7 @@ def _deployable(model, args: Args, channel_order: str):
 
 
 def main(args: Args) -> list:
-    from data.preprocess import normalize
+    from common.preprocessing import normalize
     from deploy import formats
     from deploy.preprocessing import deployment_info
     from models import load_embedding_model  # .keras, seed TF1 (nets.seed_checkpoint) or ours
@@ -106,9 +113,9 @@ def main(args: Args) -> list:
     check_images = sample_images(args.calibration_dir, args.num_check_images, image_size)
     calibration = (sample_images(args.calibration_dir, args.num_calibration_images, image_size, seed=1)
                    if "tflite_int8" in args.formats else None)
-    if deployment_info(model) is None:
-        check_images = normalize(check_images, channel_order).numpy()
-        calibration = None if calibration is None else normalize(calibration, channel_order).numpy()
+    if deployment_info(model) is None:  # the network alone: fed as evaluation feeds it
+        check_images = normalize(check_images, loaded.preprocessing)
+        calibration = None if calibration is None else normalize(calibration, loaded.preprocessing)
     log.info("exporting %s (%d weights, input %s) to %s: %s", model.name, model.count_params(), model.input_shape,
              args.output_dir, ", ".join(args.formats))
     results = formats.export_model(model, args.output_dir, args.formats, check_images, calibration)

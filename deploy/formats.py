@@ -33,7 +33,6 @@ import numpy as np
 import tensorflow as tf
 
 from common.files import move_into_place
-from common.preprocessing import PIXEL_MEAN, PIXEL_SCALE
 from deploy.preprocessing import deployment_info, save_keras, standard_model
 
 log = logging.getLogger(__name__)
@@ -64,9 +63,10 @@ def _metadata(model: keras.Model) -> dict:
 def reference_embeddings(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
     """What `model` should output on `inputs`, computed on an independent path (float64).
 
-    For a with_preprocessing model: the preprocessing written in numpy (channel order, (x - 127.5) / 128, and
-    tf.image.resize when it resizes), the wrapped network's own layers, and a numpy L2 normalisation, so a model
-    whose preprocessing is wrong or doubled disagrees with it. For a bare network: its Keras output.
+    For a with_preprocessing model: the preprocessing written in numpy (channel order, (x - mean) * scale, and
+    tf.image.resize when it resizes), the wrapped network's own layers, and a numpy L2 normalisation when the model
+    ends with one, so a model whose preprocessing is wrong or doubled disagrees with it. For a bare network: its
+    Keras output.
     """
     info = deployment_info(model)
     if info is None:
@@ -76,11 +76,12 @@ def reference_embeddings(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
         raise ValueError(f"model {model.name} wraps the preprocessing twice (its network {network.name} takes uint8 "
                          f"images too): every face would map to nearly one point; export the training model instead")
     x = np.asarray(inputs, np.float64)
-    x = (x[..., ::-1] if info["channel_order"] == "BGR" else x) - PIXEL_MEAN
-    x = x * PIXEL_SCALE
+    x = ((x[..., ::-1] if info["channel_order"] == "BGR" else x) - info["mean"]) * info["scale"]
     if info["resize"]:
         x = tf.image.resize(x, info["network_input_size"], method="bilinear").numpy()
     embeddings = keras.ops.convert_to_numpy(network(x.astype(np.float32), training=False)).astype(np.float64)
+    if not info["l2_normalized"]:
+        return embeddings
     return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
 
 

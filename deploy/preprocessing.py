@@ -5,8 +5,9 @@ Keras and keras.ops only (no TensorFlow, no data/): a `.keras` file written here
 
 `with_preprocessing` wraps the network so it takes uint8 RGB images [N, H, W, 3] (the network's input size, or any
 size given, resized inside) and returns L2-normalised embeddings: the channel order and the (x - 127.5) / 128
-scaling of common.preprocessing travel inside the model and deployers cannot get them wrong. `deployment_info` reads
-that contract back from a model; `standard_model` / `save_keras` replace our own layers by standard ones.
+scaling of common.preprocessing travel inside the model and deployers cannot get them wrong. The layers themselves
+are nets.preprocessing's (nets.load_pretrained wraps imported networks with them too); `deployment_info` reads that
+contract back from a model; `standard_model` / `save_keras` replace our own layers by standard ones.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from common.preprocessing import PIXEL_MEAN, PIXEL_SCALE, check_channel_order
+from common.preprocessing import PIXEL_MEAN, PIXEL_SCALE, Preprocessing
 from nets import norms
+from nets import preprocessing as nets_preprocessing
+# Re-exported: deployment_info and the layer names it reads live with the layers, in nets/.
+from nets.preprocessing import PREPROCESS_BGR, PREPROCESS_RESIZE, PREPROCESS_SCALE, deployment_info
 
-# Layer names of with_preprocessing, by which deployment_info recognises a model that carries the preprocessing.
-PREPROCESS_SCALE = "preprocess.scale"
-PREPROCESS_BGR = "preprocess.rgb_to_bgr"
-PREPROCESS_RESIZE = "preprocess.resize"
+__all__ = ["PREPROCESS_BGR", "PREPROCESS_RESIZE", "PREPROCESS_SCALE", "deployment_info", "save_keras",
+           "standard_model", "with_preprocessing"]
 
 
 def standard_model(model: keras.Model) -> keras.Model:
@@ -58,57 +59,22 @@ def save_keras(model: keras.Model, path: str | Path) -> Path:
 
 
 def with_preprocessing(model: keras.Model, channel_order: str = "BGR",
-                       input_size: tuple[int, int] | None = None) -> keras.Model:
+                       input_size: tuple[int, int] | None = None, *, mean: float = PIXEL_MEAN,
+                       scale: float = PIXEL_SCALE) -> keras.Model:
     """`model` wrapped for deployment: uint8 RGB [N, H, W, 3] in, L2-normalised embedding out, standard layers only.
 
-    The preprocessing is data.preprocess.normalize written as standard, backend-agnostic layers: Rescaling
-    (x - 127.5) / 128 (which also casts the uint8 input), then for BGR a fixed 1x1 convolution that reverses the
-    channels; both are exact in float32. With `input_size` the model takes images of that size and resizes them
+    The preprocessing is data.preprocess.normalize written as standard, backend-agnostic layers
+    (nets.preprocessing.with_preprocessing): Rescaling (x - mean) * scale (the seed's 127.5 and 1/128 by default),
+    then for BGR a channel reversal; with `input_size` the model takes images of that size and resizes them
     (bilinear) to the network's.
 
     Args:
         model: an embedding network that takes normalised float images (data.preprocess).
         channel_order: the order the network was trained with ("BGR" for the seed and its checkpoints).
         input_size: (height, width) of the images deployers feed; None: the network's own input size.
+        mean, scale: the network's normalisation; other than the seed's for an imported network
+            (common.preprocessing.Preprocessing).
     Raises ValueError when `model` already carries the preprocessing (wrapping twice maps every face to one point).
     """
-    check_channel_order(channel_order)
-    if deployment_info(model) is not None or model.inputs[0].dtype != "float32":
-        raise ValueError(f"model {model.name} already takes uint8 images (it carries the preprocessing); "
-                         f"export it as it is instead of wrapping it again")
-    network_size = tuple(model.input_shape[1:3])
-    if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
-        raise ValueError(f"input_size: expected [height, width] of positive integers; received {input_size}")
-    input_size = network_size if input_size is None else (int(input_size[0]), int(input_size[1]))
-    inputs = keras.Input((*input_size, 3), dtype="uint8", name="rgb_uint8")
-    x = keras.layers.Rescaling(PIXEL_SCALE, offset=-PIXEL_MEAN * PIXEL_SCALE, name=PREPROCESS_SCALE)(inputs)
-    if channel_order == "BGR":
-        reverse = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)
-        x = keras.layers.Conv2D(3, 1, use_bias=False, trainable=False, name=PREPROCESS_BGR,
-                                kernel_initializer=keras.initializers.Constant(reverse))(x)
-    if input_size != network_size:
-        x = keras.layers.Resizing(*network_size, interpolation="bilinear", name=PREPROCESS_RESIZE)(x)
-    x = model(x, training=False)
-    x = keras.layers.UnitNormalization(axis=-1, name="l2_normalize")(x)
-    return keras.Model(inputs, x, name=f"{model.name}_deploy")
-
-
-def deployment_info(model: keras.Model) -> dict | None:
-    """What a with_preprocessing model expects, or None for a bare network.
-
-    Keys: input_size [h, w], input "uint8 RGB", channel_order (the network's), normalisation, network_input_size,
-    output, network (the wrapped keras.Model).
-    """
-    names = {layer.name for layer in model.layers}
-    if PREPROCESS_SCALE not in names:
-        return None
-    networks = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    if len(networks) != 1:
-        raise ValueError(f"model {model.name}: expected one wrapped network beside its preprocessing; found "
-                         f"{len(networks)}")
-    return {"input_size": list(model.input_shape[1:3]), "input": "uint8 RGB",
-            "channel_order": "BGR" if PREPROCESS_BGR in names else "RGB",
-            "normalisation": f"(x - {PIXEL_MEAN}) * {PIXEL_SCALE}",
-            "network_input_size": list(networks[0].input_shape[1:3]),
-            "resize": "bilinear" if PREPROCESS_RESIZE in names else None,
-            "output": f"L2-normalised {model.output_shape[-1]}-d embedding", "network": networks[0]}
+    return nets_preprocessing.with_preprocessing(model, Preprocessing(channel_order, mean, scale),
+                                                 input_size=input_size)

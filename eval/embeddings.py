@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from common.preprocessing import normalize
+from common.preprocessing import Preprocessing, as_preprocessing, normalize
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,8 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms == 0.0, 1.0, norms)
 
 
-def _embed(embed_fn: EmbedFn, rgb_batch: np.ndarray, channel_order: str, first_row: int) -> np.ndarray:
-    embeddings = np.asarray(embed_fn(normalize(rgb_batch, channel_order)), dtype=np.float64)
+def _embed(embed_fn: EmbedFn, rgb_batch: np.ndarray, preprocessing: Preprocessing, first_row: int) -> np.ndarray:
+    embeddings = np.asarray(embed_fn(normalize(rgb_batch, preprocessing)), dtype=np.float64)
     if embeddings.ndim != 2 or embeddings.shape[0] != rgb_batch.shape[0]:
         raise ValueError(f"embed_fn returned shape {embeddings.shape} for a batch of {rgb_batch.shape[0]} images "
                          f"(rows {first_row}..); expected [batch, embedding_size]")
@@ -32,7 +32,8 @@ def _embed(embed_fn: EmbedFn, rgb_batch: np.ndarray, channel_order: str, first_r
     return embeddings
 
 
-def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_size: int, channel_order: str = "BGR",
+def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_size: int,
+                       preprocessing: Preprocessing | str = "BGR",
                        flip: str = "sum", description: str = "embeddings") -> tuple[np.ndarray, float]:
     """Embeds every image (and its left-right mirror) and returns L2-normalised float64 embeddings and XNorm.
 
@@ -41,7 +42,8 @@ def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_si
             (e.g. the embedding keras.Model in inference mode).
         images_uint8_rgb: [N, H, W, 3] uint8 RGB; never copied whole (batches and their flips are made one at a time).
         batch_size: images per embed_fn call.
-        channel_order: "BGR" (the seed) or "RGB", as the network was trained.
+        preprocessing: the network's input convention (common.preprocessing.Preprocessing); a channel order
+            alone ("BGR" for the seed, or "RGB") means the seed's (x - 127.5) / 128, which the networks trained here take.
         flip: "sum": emb(image) + emb(mirror), then L2 (the seed and InsightFace); "none": emb(image), L2;
             "concat": [L2(emb(image)), L2(emb(mirror))] / sqrt(2) (facenet's concatenation, scaled to unit norm so
             squared distances stay in [0, 4], half of facenet's).
@@ -51,6 +53,7 @@ def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_si
         embeddings [N, D] ([N, 2D] for "concat"), rows of unit norm; XNorm = the mean L2 norm of the raw embeddings
         of all images embedded (mirrors included), the seed's statistic.
     """
+    preprocessing = as_preprocessing(preprocessing)  # checked once, not per batch
     if flip not in FLIP_MODES:
         raise ValueError(f"unknown flip {flip!r}; expected one of {', '.join(FLIP_MODES)}")
     if images_uint8_rgb.ndim != 4 or images_uint8_rgb.shape[-1] != 3 or images_uint8_rgb.dtype != np.uint8:
@@ -62,9 +65,9 @@ def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_si
     norm_sum, norm_count = 0.0, 0
     for start in tqdm(range(0, len(images_uint8_rgb), batch_size), desc=description, unit="batch", leave=False):
         batch = images_uint8_rgb[start:start + batch_size]
-        views = [_embed(embed_fn, batch, channel_order, start)]
+        views = [_embed(embed_fn, batch, preprocessing, start)]
         if flip != "none":
-            views.append(_embed(embed_fn, batch[:, :, ::-1], channel_order, start))
+            views.append(_embed(embed_fn, batch[:, :, ::-1], preprocessing, start))
         for view in views:
             norm_sum += float(np.linalg.norm(view, axis=1).sum())
             norm_count += len(view)

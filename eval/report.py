@@ -1,4 +1,5 @@
-"""Verification outputs people read: the JSON report, ROC curves and the hardest pairs as PNG (matplotlib Agg)."""
+"""Evaluation outputs people read: the JSON report, ROC curves and the hardest pairs as PNG (matplotlib Agg), and the
+CMC curve of 1:N identification (eval.identification)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,21 @@ def plot_roc(path: str | Path, reports: Sequence[dict[str, Any]]) -> Path:
         axes.set(xlabel="false positive rate", ylabel="true positive rate", title=title, ylim=(0, 1.01))
         axes.grid(True, alpha=0.3)
     linear.legend(loc="lower right", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_cmc(path: str | Path, reports: Sequence[dict[str, Any]]) -> Path:
+    """The CMC curve of each identification report (eval.identification.identification_report): the fraction of mated
+    probes whose identity ranks within the first k, against k."""
+    figure = Figure(figsize=(6, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for report in reports:
+        cmc = report["cmc"]
+        axes.plot(cmc["ranks"], cmc["identification_rate"], marker=".",
+                  label=f"{report['name']} rank-1 {report['rank_1']:.4f} rank-5 {report['rank_5']:.4f}")
+    axes.set(xlabel="rank", ylabel="identification rate", title="CMC", ylim=(0, 1.01))
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small")
     return _save(figure, path)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.preprocessing import Preprocessing, as_preprocessing
 from common.sizes import image_size_pair
 from data.bin_dataset import load_bin
 from data.image_io import read_rgb
@@ -165,21 +166,23 @@ def result_report(result: VerificationResult, name: str, step: int | str | None 
     }
 
 
-def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int, channel_order: str = "BGR",
-                     flip: str = "sum", num_folds: int | None = None, step: int | str | None = None) -> dict[str, Any]:
+def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int,
+                     preprocessing: Preprocessing | str = "BGR", flip: str = "sum", num_folds: int | None = None,
+                     step: int | str | None = None) -> dict[str, Any]:
     """Embeds `vset`, runs the protocol, logs the seed's lines and returns the report dict (see `result_report`).
 
     Args:
         embed_fn: float32 normalised batch -> [b, D] embeddings (see eval.embeddings.compute_embeddings).
         vset: the pairs.
         batch_size: images per embed_fn call.
-        channel_order: "BGR" or "RGB", as the network was trained.
+        preprocessing: the network's input convention, or its channel order ("BGR" or "RGB") with the seed's numbers
+            (eval.embeddings.compute_embeddings).
         flip: "sum" (the seed's Accuracy-Flip), "none" or "concat".
         num_folds: folds of the protocol; None: the pairs file's header, else 10.
         step: training step or checkpoint index shown in the log lines.
     """
     num_folds = num_folds or vset.num_folds or DEFAULT_NUM_FOLDS
-    embeddings, xnorm = compute_embeddings(embed_fn, vset.images, batch_size, channel_order, flip,
+    embeddings, xnorm = compute_embeddings(embed_fn, vset.images, batch_size, preprocessing, flip,
                                            description=f"{vset.name} embeddings")
     result = verify(embeddings, vset.issame, num_folds)
     tag = f"[{vset.name}][{step}]"
@@ -190,5 +193,7 @@ def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int, 
                 result.far, "" if result.val_measurable else " not measurable: too few mismatched pairs")
     log.info("%sAUC: %1.5f EER: %1.5f", tag, result.auc, result.eer)
     report = result_report(result, vset.name, step, xnorm, vset.paths)
-    report.update(flip=flip, channel_order=channel_order)
+    preprocessing = as_preprocessing(preprocessing)
+    report.update(flip=flip, channel_order=preprocessing.channel_order,
+                  normalisation={"mean": preprocessing.mean, "scale": preprocessing.scale})
     return report

@@ -1,7 +1,8 @@
 """`load_embedding_model(path)`: any model this toolkit reads -> an EmbeddingModel (network, channel order, size).
 
 The kind of `path` is recognised from what is there (a Keras archive, a TF2 object-based checkpoint, a TF1
-name-based one), not from its name alone; KINDS lists them in the order they are tried. Adding a kind is one
+name-based one, one of insightface's released recognisers: ONNX, arcface_torch .pth, MXNet .params), not from its
+name alone; KINDS lists them in the order they are tried. Adding a kind is one
 function `(path) -> Loaded | None` (None: "not mine") and one line in KINDS.
 """
 
@@ -16,12 +17,12 @@ from pathlib import Path
 
 import keras
 
-from common.preprocessing import check_channel_order
+from common.preprocessing import PIXEL_MEAN, PIXEL_SCALE, Preprocessing, check_channel_order
 from deploy.preprocessing import deployment_info
 from models.channel_order import RecordedOrder, recorded_in_args_json, resolve_channel_order
 from models.checkpoints import (find_args_json, is_object_checkpoint, looks_like_checkpoint, read_args_json, reading,
                                 resolve_checkpoint, restore_embedding_weights)
-from nets import seed_checkpoint  # importing nets also registers the layer classes older .keras files name
+from nets import pretrained, seed_checkpoint  # importing nets also registers the layer classes older .keras files name
 from nets.spec import NetworkSpec
 
 log = logging.getLogger(__name__)
@@ -34,16 +35,28 @@ class EmbeddingModel:
     model: keras.Model  # images -> embeddings; float (x - 127.5) / 128 input, or uint8 RGB for an export that
     # carries its preprocessing (deploy.preprocessing.deployment_info tells which)
     channel_order: str  # "BGR" or "RGB": the order the network was trained with (models.channel_order)
-    input_size: tuple[int, int]  # (height, width) of the model's input
     source: str  # the resolved path: the .keras file or the checkpoint prefix
     kind: str  # the name of its entry in KINDS
 
     @property
     def network(self) -> keras.Model:
-        """The network alone, taking float images normalised as in training (what evaluation feeds): `model`
-        itself, or the network inside an export that carries its preprocessing."""
+        """The network alone, taking float images normalised by `preprocessing` (what evaluation feeds): `model`
+        itself, or the network inside a model that carries its preprocessing (an export, an imported recogniser)."""
         info = deployment_info(self.model)
         return self.model if info is None else info["network"]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the faces `network` takes (an export may resize other sizes to it)."""
+        return tuple(self.network.input_shape[1:3])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become the input of `network`: `channel_order` with the numbers the model carries (an
+        imported recogniser's own), else the seed's (x - 127.5) / 128 that the networks trained here take."""
+        info = deployment_info(self.model)
+        mean, scale = (PIXEL_MEAN, PIXEL_SCALE) if info is None else (info["mean"], info["scale"])
+        return Preprocessing(self.channel_order, mean, scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +134,18 @@ def _load_seed_checkpoint(path: Path) -> Loaded | None:
     return Loaded(model, prefix, recorded_in_args_json(prefix))
 
 
+def _load_pretrained_file(path: Path) -> Loaded | None:
+    if not pretrained.is_pretrained_file(path):
+        return None
+    model = pretrained.load_pretrained(path)
+    return Loaded(model, str(path), RecordedOrder(deployment_info(model)["channel_order"], f"the format of {path}"))
+
+
 KINDS: tuple[Kind, ...] = (
     Kind("keras", "a Keras archive (.keras: best/embedding.keras, an export)", _load_keras_file),
+    # Before the checkpoints: a folder holding an MXNet model-symbol.json + model-0000.params pair is one of these.
+    Kind("pretrained", "one of insightface's released recognisers: " + "; ".join(pretrained.READERS.values()),
+         _load_pretrained_file),
     Kind("checkpoint", "a training checkpoint: its prefix (.../InsightFace_iter-<step>) or one of its .index/.data "
                        "files, a run folder (its latest checkpoint) or best/, with the run's args.json",
          _load_training_checkpoint),
@@ -149,7 +172,7 @@ def load_embedding_model(path: str | Path, channel_order: str | None = None) -> 
             return EmbeddingModel(model=loaded.model,
                                   channel_order=resolve_channel_order(channel_order, loaded.recorded_order,
                                                                       loaded.source),
-                                  input_size=tuple(loaded.model.input_shape[1:3]), source=loaded.source,
+                                  source=loaded.source,
                                   kind=kind.name)
     accepted = "; ".join(f"{kind.name}: {kind.accepts}" for kind in KINDS)
     if not path.exists():

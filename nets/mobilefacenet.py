@@ -33,15 +33,24 @@ BOTTLENECKS: tuple[tuple[int, int, int, int], ...] = (
     (4, 128, 1, 2),
     (2, 128, 2, 1),
 )
+# arcface_torch's mbf (backbones/mobilefacenet.py, scale 2, blocks (1, 4, 6, 2)) in the same terms.
+ARCFACE_TORCH_MBF_BOTTLENECKS: tuple[tuple[int, int, int, int], ...] = (
+    (1, 128, 5, 2),
+    (2, 256, 1, 2),
+    (1, 256, 6, 1),
+    (2, 256, 1, 2),
+    (1, 256, 2, 1),
+)
 STEM_CHANNELS = 64
 SEPARABLE_CHANNELS = 512
 PRELU_INIT = 0.25
 
 
 class _Builder:
-    def __init__(self, norm: str, synchronized_bn: bool, seed: int | None) -> None:
+    def __init__(self, norm: str, synchronized_bn: bool, seed: int | None, norm_epsilon: float | None) -> None:
         self.norm = norm
         self.synchronized_bn = synchronized_bn
+        self.norm_epsilon = norm_epsilon
         self.next_seed = seed_sequence(seed)
 
     def initializer(self) -> keras.initializers.Initializer:
@@ -54,9 +63,10 @@ class _Builder:
             return keras.layers.ZeroPadding2D((kernel - 1) // 2, name=f"{name}_padding")(x), "valid"
         return x, "same"
 
-    def conv_bn(self, x, filters: int, kernel: int, stride: int, name: str, activation: bool = True):
+    def conv_bn(self, x, filters: int, kernel: int, stride: int, name: str, activation: bool = True,
+                groups: int = 1):
         x, padding = self._pad_for_stride(x, kernel, stride, name)
-        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
+        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, groups=groups, use_bias=False,
                                 kernel_initializer=self.initializer(), name=name)(x)
         return self._bn_prelu(x, name, activation)
 
@@ -75,7 +85,8 @@ class _Builder:
         return x
 
     def norm_layer(self, x, name: str):
-        return make_norm(self.norm, name, synchronized=self.synchronized_bn, seed=self.next_seed())(x)
+        return make_norm(self.norm, name, synchronized=self.synchronized_bn, seed=self.next_seed(),
+                         epsilon=self.norm_epsilon)(x)
 
 
 def _bottleneck(b: _Builder, x, expansion: int, channels: int, stride: int, scope: str):
@@ -89,7 +100,9 @@ def _bottleneck(b: _Builder, x, expansion: int, channels: int, stride: int, scop
 
 def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size: int = 512, dropout_rate: float = 0.0,
                       norm: str = "bn", synchronized_bn: bool = False, seed: int | None = None,
-                      name: str = "mobilefacenet") -> keras.Model:
+                      name: str = "mobilefacenet", norm_epsilon: float | None = None,
+                      stem_channels: int = STEM_CHANNELS, stem_groups: int | None = None,
+                      bottlenecks: tuple[tuple[int, int, int, int], ...] = BOTTLENECKS) -> keras.Model:
     """Builds MobileFaceNet: float (N, H, W, 3) -> (N, embedding_size).
 
     Args:
@@ -101,16 +114,28 @@ def get_mobilefacenet(*, image_size: int | tuple[int, int] = 112, embedding_size
         synchronized_bn: batch statistics over all replicas under a tf.distribute strategy.
         seed: makes every initialiser deterministic when given.
         name: model name.
+        norm_epsilon: every norm's variance epsilon; None: the seed's (nets.norms.SEED_EPSILONS).
+        stem_channels: channels of the two stem convolutions (the paper's 64).
+        stem_groups: None: the second stem convolution is depthwise (the paper's); a number: a grouped 3x3
+            convolution with that many groups (arcface_torch's mbf: 64 groups over 128 channels).
+        bottlenecks: the (expansion, channels, units, stride) stages; the paper's Table 1 by default.
+
+    arcface_torch's `mbf` is this network with norm_epsilon=1e-5, stem_channels=128, stem_groups=64 and
+    bottlenecks ARCFACE_TORCH_MBF_BOTTLENECKS (its DepthWise blocks are the units that change stride or channels,
+    its Residual blocks the identity-shortcut units after them).
 
     Input images are expected preprocessed (data.preprocess), as for every backbone of this package.
     """
     check_norm(norm)
     height, width = image_size_pair(image_size)
-    b = _Builder(norm, synchronized_bn, seed)
+    b = _Builder(norm, synchronized_bn, seed, norm_epsilon)
     inputs = keras.Input((height, width, 3), name="input_layer")
-    x = b.conv_bn(inputs, STEM_CHANNELS, 3, 2, "conv1")
-    x = b.depthwise_bn(x, 3, 1, "conv2_dw")
-    for stage, (expansion, channels, units, stride) in enumerate(BOTTLENECKS, start=1):
+    x = b.conv_bn(inputs, stem_channels, 3, 2, "conv1")
+    if stem_groups is None:
+        x = b.depthwise_bn(x, 3, 1, "conv2_dw")
+    else:
+        x = b.conv_bn(x, stem_channels, 3, 1, "conv2_grouped", groups=stem_groups)
+    for stage, (expansion, channels, units, stride) in enumerate(bottlenecks, start=1):
         for unit in range(1, units + 1):
             x = _bottleneck(b, x, expansion, channels, stride if unit == 1 else 1, f"stage{stage}.unit_{unit}")
     x = b.conv_bn(x, SEPARABLE_CHANNELS, 1, 1, "conv_sep")

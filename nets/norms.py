@@ -20,6 +20,7 @@ BN_MOMENTUM = 0.9
 GN_GROUPS = 32
 GN_EPSILON = 1e-5
 BRN_EPSILON = 1e-3
+SEED_EPSILONS = {"bn": BN_EPSILON, "gn": GN_EPSILON, "brn": BRN_EPSILON}
 # As the seed wrote them (rmin 0.3333, not 1/3).
 RENORM_CLIPPING = {"rmax": 3.0, "rmin": 0.3333, "dmax": 5.0}
 
@@ -31,7 +32,7 @@ def check_norm(norm: str) -> None:
 
 
 def make_norm(norm: str, name: str, *, frozen_gamma: bool = False, synchronized: bool = False,
-              seed: int | None = None) -> keras.layers.Layer:
+              seed: int | None = None, epsilon: float | None = None) -> keras.layers.Layer:
     """One normalisation layer over the last axis.
 
     Args:
@@ -41,16 +42,20 @@ def make_norm(norm: str, name: str, *, frozen_gamma: bool = False, synchronized:
             E_BN2 and its batch-renorm net trained every gamma.
         synchronized: batch statistics over all replicas of a tf.distribute strategy (BN and BRN).
         seed: seed of the gamma initialiser.
+        epsilon: the variance epsilon; None: the seed's for that norm (SEED_EPSILONS).
+            arcface_torch's networks use torch's 1e-5, and an imported network must use its own to compute the same.
     """
     check_norm(norm)
+    if epsilon is None:
+        epsilon = SEED_EPSILONS[norm]
     if norm == "gn":
-        return keras.layers.GroupNormalization(groups=GN_GROUPS, epsilon=GN_EPSILON, name=name)
+        return keras.layers.GroupNormalization(groups=GN_GROUPS, epsilon=epsilon, name=name)
     if norm == "brn":
-        return BatchRenormalization(synchronized=synchronized, name=name)
+        return BatchRenormalization(epsilon=epsilon, synchronized=synchronized, name=name)
     # The seed's BatchNormLayer starts gamma near 1 with a tiny spread rather than exactly 1.
     gamma_init = keras.initializers.RandomNormal(mean=1.0, stddev=0.002, seed=seed)
     layer_class = FrozenGammaBatchNormalization if frozen_gamma else keras.layers.BatchNormalization
-    return layer_class(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer=gamma_init,
+    return layer_class(momentum=BN_MOMENTUM, epsilon=epsilon, gamma_initializer=gamma_init,
                        synchronized=synchronized, name=name)
 
 

@@ -36,7 +36,8 @@ def seed_sequence(seed: int | None) -> Callable[[], int | None]:
 
 
 def embedding_block(x, *, norm: str = "bn", dropout_rate: float = 0.4, embedding_size: int = 512,
-                    synchronized_bn: bool = False, next_seed: Callable[[], int | None] = _no_seed):
+                    synchronized_bn: bool = False, next_seed: Callable[[], int | None] = _no_seed,
+                    norm_epsilon: float | None = None):
     """Appends the "E" block to the feature map `x` (N, H, W, C) and returns the (N, embedding_size) tensor.
 
     Args:
@@ -46,10 +47,15 @@ def embedding_block(x, *, norm: str = "bn", dropout_rate: float = 0.4, embedding
         embedding_size: output dimension.
         synchronized_bn: batch statistics over all replicas under a tf.distribute strategy.
         next_seed: called once per initialiser, in layer order, so a seeded backbone stays deterministic.
+        norm_epsilon: the norms' variance epsilon; None: the seed's (nets.norms.make_norm).
+
+    The flatten is NHWC (the seed's); arcface_torch's iresnet flattens NCHW before its fc, so an importer permutes
+    that fc's rows instead (nets.pretrained.build): the block itself is the same.
     """
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1); received {dropout_rate}")
-    x = make_norm(norm, "E_GN_0" if norm == "gn" else "E_BN1", synchronized=synchronized_bn, seed=next_seed())(x)
+    x = make_norm(norm, "E_GN_0" if norm == "gn" else "E_BN1", synchronized=synchronized_bn, seed=next_seed(),
+                  epsilon=norm_epsilon)(x)
     x = keras.layers.Dropout(dropout_rate, name="E_Dropout")(x)
     x = keras.layers.Flatten(name="E_Reshapelayer")(x)
     # tf.contrib's xavier_initializer(uniform=False), as the seed's trainers passed it for every weight.
@@ -57,5 +63,6 @@ def embedding_block(x, *, norm: str = "bn", dropout_rate: float = 0.4, embedding
                            bias_initializer="zeros", name="E_DenseLayer")(x)
     if norm != "gn":
         # The seed's GN net has no final norm (its E_GN_1 was commented out).
-        x = make_norm(norm, "E_BN2", frozen_gamma=True, synchronized=synchronized_bn, seed=next_seed())(x)
+        x = make_norm(norm, "E_BN2", frozen_gamma=True, synchronized=synchronized_bn, seed=next_seed(),
+                      epsilon=norm_epsilon)(x)
     return x

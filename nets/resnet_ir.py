@@ -49,10 +49,13 @@ def _conv_init(seed: int | None) -> keras.initializers.Initializer:
 class _Builder:
     """Holds the options and a seed counter so each layer gets its own deterministic initialiser seed."""
 
-    def __init__(self, norm: str, synchronized_bn: bool, seed: int | None) -> None:
+    def __init__(self, norm: str, synchronized_bn: bool, seed: int | None, norm_epsilon: float | None = None,
+                 projection_shortcut: bool = False) -> None:
         self.norm = norm
         self.synchronized_bn = synchronized_bn
         self.seed = seed
+        self.norm_epsilon = norm_epsilon
+        self.projection_shortcut = projection_shortcut
         self._count = 0
 
     def next_seed(self) -> int | None:
@@ -67,7 +70,7 @@ class _Builder:
 
     def norm_layer(self, x, name: str, frozen_gamma: bool = False):
         return make_norm(self.norm, name, frozen_gamma=frozen_gamma, synchronized=self.synchronized_bn,
-                         seed=self.next_seed())(x)
+                         seed=self.next_seed(), epsilon=self.norm_epsilon)(x)
 
     @staticmethod
     def prelu(x, name: str):
@@ -84,7 +87,7 @@ def _norm_name(norm: str, scope: str, bn_suffix: str = "") -> str:
 
 def _ir_unit(b: _Builder, x, depth: int, depth_bottleneck: int, stride: int, unit_type: str, scope: str):
     depth_in = x.shape[-1]
-    if depth == depth_in:
+    if depth == depth_in and not (stride > 1 and b.projection_shortcut):
         shortcut = x if stride == 1 else keras.layers.MaxPooling2D(1, strides=stride, padding="same",
                                                                     name=f"{scope}.shortcut")(x)
     else:
@@ -119,7 +122,8 @@ def _ir_unit(b: _Builder, x, depth: int, depth_bottleneck: int, stride: int, uni
 def get_resnet(num_layers: int, unit_type: str = "ir", norm: str = "bn", net_width: int = 1, *,
                image_size: int | tuple[int, int] = 112, dropout_rate: float = 0.4,
                embedding_size: int = EMBEDDING_SIZE, synchronized_bn: bool = False,
-               seed: int | None = None, name: str | None = None) -> keras.Model:
+               seed: int | None = None, name: str | None = None, norm_epsilon: float | None = None,
+               projection_shortcut: bool = False) -> keras.Model:
     """Builds an L_Resnet_E_IR embedding network: float (N, H, W, 3) -> (N, embedding_size).
 
     Args:
@@ -134,6 +138,12 @@ def get_resnet(num_layers: int, unit_type: str = "ir", norm: str = "bn", net_wid
         synchronized_bn: batch statistics over all replicas under a tf.distribute strategy.
         seed: makes every initialiser deterministic when given.
         name: model name; default "resnet_v1_<num_layers>", the seed's variable scope.
+        norm_epsilon: every norm's variance epsilon; None: the seed's (nets.norms.SEED_EPSILONS; 2e-5 for "bn").
+        projection_shortcut: the shortcut of every strided unit is conv 1x1/2 + norm, also where the channels match
+            (arcface_torch's iresnet `downsample`, so its first stage too); False: the seed's 1x1 max-pool there.
+
+    arcface_torch's iresnet18/34/50/100/200 is this network with norm_epsilon=1e-5, projection_shortcut=True and
+    dropout_rate=0 (its default); its fc flattens NCHW, which nets.pretrained.build absorbs in the fc weight.
 
     Input images are expected preprocessed as the seed did: BGR, (x - 127.5) / 128 (see data.preprocess).
     """
@@ -148,7 +158,7 @@ def get_resnet(num_layers: int, unit_type: str = "ir", norm: str = "bn", net_wid
         raise ValueError(f"dropout_rate must be in [0, 1); received {dropout_rate}")
     height, width = image_size_pair(image_size)
 
-    b = _Builder(norm, synchronized_bn, seed)
+    b = _Builder(norm, synchronized_bn, seed, norm_epsilon, projection_shortcut)
     inputs = keras.Input((height, width, 3), name="input_layer")
     x = b.conv(inputs, 64, 3, 1, "conv1")
     x = b.norm_layer(x, "group_norm_0" if norm == "gn" else "bn0")
@@ -159,7 +169,7 @@ def get_resnet(num_layers: int, unit_type: str = "ir", norm: str = "bn", net_wid
             x = _ir_unit(b, x, channels * net_width, channels, 2 if unit == 1 else 1, unit_type, scope)
 
     x = embedding_block(x, norm=norm, dropout_rate=dropout_rate, embedding_size=embedding_size,
-                        synchronized_bn=synchronized_bn, next_seed=b.next_seed)
+                        synchronized_bn=synchronized_bn, next_seed=b.next_seed, norm_epsilon=norm_epsilon)
     return keras.Model(inputs, x, name=name or f"resnet_v1_{num_layers}")
 
 

@@ -21,7 +21,8 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 DOCUMENTED = {"demo.py": "demo", "align/align_dataset_mtcnn.py": "align.align_dataset_mtcnn",
               "generate_pairs.py": "generate_pairs", "train_nets.py": "train_nets",
               "train_nets_mgpu_new.py": "train_nets_mgpu_new", "eval_ckpt_file.py": "eval_ckpt_file",
-              "export.py": "export", "python -m eval.make_bin": "eval.make_bin",
+              "export.py": "export", "recognize.py": "recognize", "identify.py": "identify",
+              "python -m eval.make_bin": "eval.make_bin",
               "python -m data.mx2tfrecords": "data.mx2tfrecords", "python -m data.synthetic": "data.synthetic",
               "python -m nets": "nets.__main__"}
 

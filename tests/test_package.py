@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPTS = {"insightface-train": "train_nets.py", "insightface-train-mgpu": "train_nets_mgpu_new.py",
                    "insightface-eval": "eval_ckpt_file.py", "insightface-export": "export.py",
                    "insightface-pairs": "generate_pairs.py", "insightface-align": "align/align_dataset_mtcnn.py",
-                   "insightface-make-bin": "eval/make_bin.py", "insightface-demo": "demo.py"}
+                   "insightface-make-bin": "eval/make_bin.py", "insightface-demo": "demo.py",
+                   "insightface-recognize": "recognize.py", "insightface-identify": "identify.py"}
 # Top-level folders that belong to the repository, not to the installed package.
 NOT_INSTALLED = {"tests", "bench", "notebooks", "tools"}
 # An absl/TSL C++ log record ("I0000 00:00:1796123710.191372    9794 port.cc:153] ...") and absl's pre-init banner.

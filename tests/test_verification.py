@@ -351,7 +351,7 @@ def test_compute_embeddings_matches_a_float64_reference(flip, channel_order):
 
     images = np.random.default_rng(1).integers(0, 256, (7, 5, 4, 3), dtype=np.uint8)
     embed_fn = projection_embed_fn(images.shape[1:])
-    embeddings, xnorm = compute_embeddings(embed_fn, images, batch_size=3, channel_order=channel_order, flip=flip)
+    embeddings, xnorm = compute_embeddings(embed_fn, images, batch_size=3, preprocessing=channel_order, flip=flip)
     expected, expected_xnorm = reference_embeddings(embed_fn, images, channel_order, flip)
     assert embeddings.dtype == np.float64 and embeddings.shape == expected.shape
     np.testing.assert_allclose(embeddings, expected, rtol=0, atol=1e-10)
@@ -493,7 +493,7 @@ def test_run_verification_logs_the_seed_lines_and_reports_the_protocol(identity_
     vset = load_pairs_set(data_dir, pairs_path, image_size=(10, 8), name="tiny")
     embed_fn = projection_embed_fn((10, 8, 3), dim=8, seed=5)
     with caplog.at_level(logging.INFO):
-        report = run_verification(embed_fn, vset, batch_size=5, channel_order="BGR", step=7)
+        report = run_verification(embed_fn, vset, batch_size=5, preprocessing="BGR", step=7)
     embeddings, xnorm = reference_embeddings(embed_fn, vset.images, "BGR", "sum")
     expected = verify(embeddings, vset.issame, num_folds=2)  # the header's 2 folds
     assert report["num_folds"] == 2 and report["xnorm"] == pytest.approx(xnorm, rel=1e-12)
@@ -542,7 +542,7 @@ def test_report_gives_thresholds_as_cosines_of_the_compared_embeddings(identity_
     data_dir, pairs_path, _, _ = identity_folder
     vset = load_pairs_set(data_dir, pairs_path, image_size=(10, 8), name="tiny")
     embed_fn = projection_embed_fn((10, 8, 3), dim=8, seed=5)
-    report = run_verification(embed_fn, vset, batch_size=5, channel_order="BGR")
+    report = run_verification(embed_fn, vset, batch_size=5, preprocessing="BGR")
     embeddings, _ = reference_embeddings(embed_fn, vset.images, "BGR", "sum")
     cosines = np.einsum("ij,ij->i", embeddings[0::2], embeddings[1::2])  # dot products of the flip-summed rows
     fold_of_pair = np.repeat([0, 1], 12)

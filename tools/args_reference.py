@@ -38,6 +38,8 @@ SCRIPTS = [
     ("train_nets_mgpu_new.py", "train_nets_mgpu_new"),
     ("eval_ckpt_file.py", "eval_ckpt_file"),
     ("export.py", "export"),
+    ("recognize.py", "recognize"),
+    ("identify.py", "identify"),
     ("python -m eval.make_bin", "eval.make_bin"),
     ("python -m data.mx2tfrecords", "data.mx2tfrecords"),
     ("python -m data.synthetic", "data.synthetic"),

@@ -22,5 +22,5 @@ def validate(model: keras.Model, sets: Sequence[VerificationSet], *, step: int, 
     """Runs the 10-fold protocol on every set (eval.sets.load_verification_sets) with images normalised in
     `channel_order`, `batch_size` at a time; returns {set name: its report (eval.sets.result_report)}."""
     embed = embedding_function(model)
-    return {vset.name: run_verification(embed, vset, batch_size=batch_size, channel_order=channel_order, step=step)
+    return {vset.name: run_verification(embed, vset, batch_size=batch_size, preprocessing=channel_order, step=step)
             for vset in sets}
