@@ -360,3 +360,18 @@ def test_export_deploys_a_backbone_pth_l2_normalised_with_its_own_preprocessing(
     session = onnxruntime.InferenceSession(str(next((tmp_path / "export").glob("*.onnx"))))
     output = session.run(None, {session.get_inputs()[0].name: images.astype(np.uint8)})[0]
     np.testing.assert_allclose(output, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_fine_tuning_from_a_released_model_is_refused_by_name_and_writes_no_args_json(torch_files, tmp_path):
+    import train_nets
+    from data import synthetic
+
+    synthetic.generate(tmp_path / "faces", num_identities=3, images_per_identity=4, seed=0, image_size=32)
+    pth = torch_files / "iresnet18" / "backbone.pth"
+    args = train_nets.Args(net_depth=18, image_size=32, batch_size=4, max_steps=1, validate_interval=0,
+                           train_dataset_dir=str(tmp_path / "faces"), restore_path=str(pth),
+                           ckpt_path=str(tmp_path / "ckpt"), summary_path=str(tmp_path / "summary"),
+                           log_file_path=str(tmp_path / "logs"))
+    with pytest.raises(ValueError, match=r"restore_path=.*backbone\.pth: .* released models .* not supported yet"):
+        train_nets.train(args)
+    assert not (tmp_path / "ckpt" / "args.json").exists()

@@ -25,7 +25,7 @@ from common.files import replacing
 
 from models.checkpoints import (ARGS_FILE, is_object_checkpoint, reading, resolve_checkpoint,
                                 restore_embedding_weights)
-from nets import seed_checkpoint
+from nets import pretrained, seed_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +336,12 @@ def restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path: 
 
 
 def _restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path: str | Path, with_head: bool) -> None:
+    if pretrained.is_pretrained_file(path):
+        # Their networks differ from the seed's (batch-norm epsilon, shortcuts, widths) and so would the data's
+        # normalisation: a run cannot yet be built to match one.
+        raise ValueError(f"{path} is one of insightface's released models (ONNX / .pth / MXNet): fine-tuning from "
+                         f"one is not supported yet; evaluate it (eval_ckpt_file.py) or export it (export.py), or "
+                         f"fine-tune from a checkpoint of this toolkit or of the seed")
     prefix = resolve_checkpoint(path)
     if is_object_checkpoint(prefix):
         restore_embedding_weights(model, prefix)
