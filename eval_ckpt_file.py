@@ -4,9 +4,11 @@
         --eval_dataset=./datasets/my_aligned_faces --eval_pair=./datasets/my_pairs.txt
 
 Each checkpoint is rebuilt from the args.json saved beside it (so the network, image size and channel order are
-the trained ones); a checkpoint of the seed (TF1/TensorLayer, models A-D) or a `.keras` file works too (one loader
-for all: models.load_embedding_model). For every dataset and checkpoint it logs the seed's `XNorm` and
-`Accuracy-Flip: mean+-std` lines plus VAL@FAR, AUC and EER, and writes into `output_dir`: report.json, a ROC curve PNG and a PNG of the hardest false matches and non-matches.
+the trained ones); a checkpoint of the seed (TF1/TensorLayer, models A-D), a `.keras` file or one of insightface's
+released models (ONNX, arcface_torch backbone.pth, MXNet model-0000.params, each fed with its own preprocessing)
+works too: one loader for all, models.load_embedding_model. For every dataset and checkpoint it logs the seed's
+`XNorm` and `Accuracy-Flip: mean+-std` lines plus VAL@FAR, AUC and EER, and writes into `output_dir`: report.json,
+a ROC curve PNG and a PNG of the hardest false matches and non-matches.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ log = logging.getLogger("eval_ckpt_file")
 class Args(Config):
     RENAMED = {"eval_datasets": "eval_bins", "nrof_folds": "num_folds"}  # earlier names, still accepted
 
-    # checkpoint prefix; ckpt_index_list entries are appended
+    # checkpoint prefix (ckpt_index_list entries are appended), or with ckpt_index_list=[] any model file: a run folder,
+    # a .keras file, an insightface release (.onnx, backbone.pth, model-0000.params)
     ckpt_file: RequiredPath = "./output/ckpt/InsightFace_iter-"
     ckpt_index_list: list[RequiredPath] = ["10000"]  # e.g. ["10000", "20000"]; [] = ckpt_file is the checkpoint itself
     # custom aligned dataset: one folder per identity (align/align_dataset_mtcnn.py output)

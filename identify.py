@@ -26,7 +26,8 @@ log = logging.getLogger("identify")
 
 
 class Args(Config):
-    # A .keras file, a training checkpoint (prefix, or a run folder for its latest) or a seed TF1 checkpoint prefix.
+    # A .keras file, a training checkpoint (prefix, or a run folder for its latest), a seed TF1 checkpoint prefix, or an
+    # insightface release (.onnx, backbone.pth, model-0000.params).
     input_model: OptionalPath = "./output/ckpt/best/embedding.keras"
     data_dir: OptionalPath = ""  # one folder per identity holding its photos
     # instead of input_model + data_dir: an embeddings file written by recognize.py --job=embed

@@ -6,7 +6,7 @@
     python recognize.py --job=search --input_model=model.keras --probe=someone.jpg --gallery=gallery.npz --top_k=5
 
 The model is anything models.load_embedding_model reads (a .keras file, a training checkpoint or run folder, a seed
-TF1 checkpoint). Photos not at the model's input size are aligned as align/align_dataset_mtcnn.py aligns them (MTCNN,
+TF1 checkpoint, one of insightface's released ONNX / backbone.pth / MXNet models). Photos not at the model's input size are aligned as align/align_dataset_mtcnn.py aligns them (MTCNN,
 the 5-point ArcFace warp), unless `aligned` says they are aligned crops already (then they are only resized). Scores
 are cosine similarities; the decision of a comparison uses the 10-fold protocol's squared-distance threshold (from an
 eval_ckpt_file.py report, or given), logged in both forms (d = 2 - 2 cos).
@@ -29,7 +29,8 @@ log = logging.getLogger("recognize")
 class Args(Config):
     # "embed": input_dir -> embeddings_file; "compare": first_photo vs second_photo; "search": probe in gallery
     job: Annotated[str, Choices("embed", "compare", "search")] = "embed"
-    # A .keras file, a training checkpoint (prefix, or a run folder for its latest) or a seed TF1 checkpoint prefix.
+    # A .keras file, a training checkpoint (prefix, or a run folder for its latest), a seed TF1 checkpoint prefix, or an
+    # insightface release (.onnx, backbone.pth, model-0000.params).
     input_model: RequiredPath = "./output/ckpt/best/embedding.keras"
     # "BGR" or "RGB": the order the network was trained with; None: the one recorded with the model, else the seed's
     channel_order: Annotated[str, Choices("BGR", "RGB")] | None = None
