@@ -4,7 +4,8 @@
         --eval_dataset=./datasets/my_aligned_faces --eval_pair=./datasets/my_pairs.txt
 
 Each checkpoint is rebuilt from the args.json saved beside it (so the network, image size and channel order are
-the trained ones); a checkpoint of the seed (TF1/TensorLayer, models A-D), a `.keras` file or one of insightface's
+the trained ones); a checkpoint of the seed (TF1/TensorLayer, models A-D), a `.keras` file, an export of export.py
+(its saved_model/ folder, embedding.onnx or a .tflite, run by its own runtime) or one of insightface's
 released models (ONNX, arcface_torch backbone.pth, MXNet model-0000.params, each fed with its own preprocessing)
 works too: one loader for all, models.load_embedding_model. For every dataset and checkpoint it logs the seed's
 `XNorm` and `Accuracy-Flip: mean+-std` lines plus VAL@FAR, AUC and EER, and writes into `output_dir`: report.json,
@@ -30,7 +31,8 @@ class Args(Config):
     RENAMED = {"eval_datasets": "eval_bins", "nrof_folds": "num_folds"}  # earlier names, still accepted
 
     # checkpoint prefix (ckpt_index_list entries are appended), or with ckpt_index_list=[] any model file: a run folder,
-    # a .keras file, an insightface release (.onnx, backbone.pth, model-0000.params)
+    # a .keras file, an export of export.py (saved_model/, embedding.onnx, .tflite), an insightface release (.onnx,
+    # backbone.pth, model-0000.params)
     ckpt_file: RequiredPath = "./output/ckpt/InsightFace_iter-"
     ckpt_index_list: list[RequiredPath] = ["10000"]  # e.g. ["10000", "20000"]; [] = ckpt_file is the checkpoint itself
     # custom aligned dataset: one folder per identity (align/align_dataset_mtcnn.py output)
@@ -72,7 +74,6 @@ def evaluate_checkpoints(args: Args) -> list[dict]:
     from eval.report import plot_roc, save_report_files, write_json_report
     from eval.sets import run_verification
     from models import load_embedding_model
-    from training.validation import embedding_function
 
     output_dir = Path(args.output_dir)
     reports = []
@@ -83,13 +84,15 @@ def evaluate_checkpoints(args: Args) -> list[dict]:
         if image_size not in sets_by_size:
             sets_by_size[image_size] = load_sets(args, image_size)
         sets = sets_by_size[image_size]
-        # The network alone, fed as its preprocessing says: a model that carries its preprocessing (an export, an
-        # imported recogniser) is not normalised twice, and the flip sum adds raw embeddings, as the seed's does.
-        embed = embedding_function(loaded.network)
+        # A Keras model: the network alone, fed as its preprocessing says (a model that carries its preprocessing
+        # is not normalised twice, and the flip sum adds raw embeddings, as the seed's does); an export of
+        # export.py: the file run by its runtime on the pixels (its outputs are L2-normalised: the sum adds those).
+        embed = loaded.embed_function()
         index = Path(checkpoint).name
         for vset in sets:
             report = run_verification(embed, vset, batch_size=args.batch_size, preprocessing=loaded.preprocessing,
-                                      flip=args.flip, num_folds=args.num_folds or None, step=index)
+                                      flip=args.flip, num_folds=args.num_folds or None, step=index,
+                                      embeds_pixels=True)
             report.update(checkpoint=checkpoint, image_size=list(image_size))
             report["files"] = {k: str(v) for k, v in save_report_files(output_dir / f"{vset.name}_{index}", vset,
                                                                        report).items()}

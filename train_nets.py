@@ -47,6 +47,10 @@ class Args(Config):
     dropout_rate: Annotated[float, Range(0, 1, high_open=True)] = 0.4
     embedding_size: PositiveInt = 512  # embedding dimension
     sync_bn: bool = False  # batch-norm statistics over all replicas (multi-GPU)
+    # every norm's variance epsilon; None = the seed's (2e-5 for "bn"); insightface's released models: 1e-5
+    norm_epsilon: Annotated[float, Range(0, low_open=True)] | None = None
+    # IR-ResNet: a conv 1x1/2 + norm shortcut in every strided unit (insightface arcface_torch's iresnet); False = seed's
+    projection_shortcut: bool = False
     # --- margin head (losses/) ---
     # "arcface", "cosface", "combined" or "softmax"
     loss: Annotated[str, Choices("arcface", "cosface", "combined", "softmax")] = "arcface"
@@ -97,7 +101,9 @@ class Args(Config):
     summary_interval: PositiveInt = 300  # steps between TensorBoard summaries
     show_info_interval: PositiveInt = 20  # steps between console/log lines
     # --- starting point ---
-    restore_path: OptionalPath = ""  # fine-tune: a checkpoint (ours or the seed's TF1) whose backbone starts the run
+    # fine-tune: a checkpoint (ours or the seed's TF1) or insightface's released model (ONNX, backbone.pth, MXNet)
+    # whose backbone starts the run
+    restore_path: OptionalPath = ""
     restore_head: bool = False  # also restore the class weights from restore_path (same classes)
 
     def head_margins(self) -> dict[str, float]:
@@ -158,8 +164,10 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     if worker is not None:
         # Every worker must take part in saving; only the chief writes where users look.
         ckpt_dir, summary_dir = ckpt_dir / worker, summary_dir / worker
-    # Before anything is written: a run's args.json must keep describing its checkpoints.
+    # Before anything is written: a run's args.json must keep describing its checkpoints, and the Args a released
+    # model's network (None unless restore_path is one).
     checkpoints.check_resumed_args(args, ckpt_dir)
+    released = checkpoints.check_released_model(args)
 
     # --- data ---
     data = open_train_data(args.train_dataset_dir, image_size=tuple(args.image_size),
@@ -209,7 +217,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume.latest,
                  int(progress.step), int(progress.epoch), int(progress.batch_in_epoch))
     elif args.restore_path:
-        checkpoints.restore_for_fine_tuning(model, head, args.restore_path, args.restore_head)
+        checkpoints.restore_for_fine_tuning(model, head, args.restore_path, args.restore_head, released)
     args.save(ckpt_dir / checkpoints.ARGS_FILE)  # only now: a restore that fails leaves the run's args.json as it was
     log.info("lr %s with boundaries %s; %d weights decayed by %g", args.lr_values, boundaries,
              len(decayed_variables(variables)), args.weight_decay)

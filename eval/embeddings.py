@@ -13,7 +13,7 @@ from common.preprocessing import Preprocessing, as_preprocessing, normalize
 log = logging.getLogger(__name__)
 
 FLIP_MODES = ("sum", "none", "concat")
-EmbedFn = Callable[[Any], Any]  # float32 [b, H, W, 3] normalised batch -> [b, D] embeddings (any array type)
+EmbedFn = Callable[[Any], Any]  # float32 [b, H, W, 3] normalised batch (or the uint8 RGB one) -> [b, D] embeddings
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -22,8 +22,10 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms == 0.0, 1.0, norms)
 
 
-def _embed(embed_fn: EmbedFn, rgb_batch: np.ndarray, preprocessing: Preprocessing, first_row: int) -> np.ndarray:
-    embeddings = np.asarray(embed_fn(normalize(rgb_batch, preprocessing)), dtype=np.float64)
+def _embed(embed_fn: EmbedFn, rgb_batch: np.ndarray, preprocessing: Preprocessing | None,
+           first_row: int) -> np.ndarray:
+    inputs = rgb_batch if preprocessing is None else normalize(rgb_batch, preprocessing)
+    embeddings = np.asarray(embed_fn(inputs), dtype=np.float64)
     if embeddings.ndim != 2 or embeddings.shape[0] != rgb_batch.shape[0]:
         raise ValueError(f"embed_fn returned shape {embeddings.shape} for a batch of {rgb_batch.shape[0]} images "
                          f"(rows {first_row}..); expected [batch, embedding_size]")
@@ -33,17 +35,20 @@ def _embed(embed_fn: EmbedFn, rgb_batch: np.ndarray, preprocessing: Preprocessin
 
 
 def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_size: int,
-                       preprocessing: Preprocessing | str = "BGR",
+                       preprocessing: Preprocessing | str | None = "BGR",
                        flip: str = "sum", description: str = "embeddings") -> tuple[np.ndarray, float]:
     """Embeds every image (and its left-right mirror) and returns L2-normalised float64 embeddings and XNorm.
 
     Args:
         embed_fn: maps a float32 batch already normalised by `common.preprocessing.normalize` to [b, D] embeddings
-            (e.g. the embedding keras.Model in inference mode).
+            (e.g. the embedding keras.Model in inference mode); with preprocessing=None, a uint8 RGB batch
+            (models.EmbeddingModel.embed_function).
         images_uint8_rgb: [N, H, W, 3] uint8 RGB; never copied whole (batches and their flips are made one at a time).
         batch_size: images per embed_fn call.
         preprocessing: the network's input convention (common.preprocessing.Preprocessing); a channel order
-            alone ("BGR" for the seed, or "RGB") means the seed's (x - 127.5) / 128, which the networks trained here take.
+            alone ("BGR" for the seed, or "RGB") means the seed's (x - 127.5) / 128, which the networks trained here take;
+            None: embed_fn normalises itself. An embed_fn returning L2-normalised embeddings (an export) makes
+            "sum" add unit vectors, not the raw embeddings, and XNorm 1.
         flip: "sum": emb(image) + emb(mirror), then L2 (the seed and InsightFace); "none": emb(image), L2;
             "concat": [L2(emb(image)), L2(emb(mirror))] / sqrt(2) (facenet's concatenation, scaled to unit norm so
             squared distances stay in [0, 4], half of facenet's).
@@ -53,7 +58,8 @@ def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_si
         embeddings [N, D] ([N, 2D] for "concat"), rows of unit norm; XNorm = the mean L2 norm of the raw embeddings
         of all images embedded (mirrors included), the seed's statistic.
     """
-    preprocessing = as_preprocessing(preprocessing)  # checked once, not per batch
+    if preprocessing is not None:
+        preprocessing = as_preprocessing(preprocessing)  # checked once, not per batch
     if flip not in FLIP_MODES:
         raise ValueError(f"unknown flip {flip!r}; expected one of {', '.join(FLIP_MODES)}")
     if images_uint8_rgb.ndim != 4 or images_uint8_rgb.shape[-1] != 3 or images_uint8_rgb.dtype != np.uint8:

@@ -168,7 +168,7 @@ def result_report(result: VerificationResult, name: str, step: int | str | None 
 
 def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int,
                      preprocessing: Preprocessing | str = "BGR", flip: str = "sum", num_folds: int | None = None,
-                     step: int | str | None = None) -> dict[str, Any]:
+                     step: int | str | None = None, embeds_pixels: bool = False) -> dict[str, Any]:
     """Embeds `vset`, runs the protocol, logs the seed's lines and returns the report dict (see `result_report`).
 
     Args:
@@ -180,10 +180,12 @@ def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int,
         flip: "sum" (the seed's Accuracy-Flip), "none" or "concat".
         num_folds: folds of the protocol; None: the pairs file's header, else 10.
         step: training step or checkpoint index shown in the log lines.
+        embeds_pixels: embed_fn takes the uint8 RGB batches and applies `preprocessing` itself
+            (models.EmbeddingModel.embed_function); `preprocessing` is then what the report says.
     """
     num_folds = num_folds or vset.num_folds or DEFAULT_NUM_FOLDS
-    embeddings, xnorm = compute_embeddings(embed_fn, vset.images, batch_size, preprocessing, flip,
-                                           description=f"{vset.name} embeddings")
+    embeddings, xnorm = compute_embeddings(embed_fn, vset.images, batch_size, None if embeds_pixels else preprocessing,
+                                           flip, description=f"{vset.name} embeddings")
     result = verify(embeddings, vset.issame, num_folds)
     tag = f"[{vset.name}][{step}]"
     log.info("%sXNorm: %f", tag, xnorm)

@@ -1,6 +1,6 @@
 """A model ready for faces: image files -> face crops (faces.images) -> embeddings, through the evaluator's one
-embedding path (eval.embeddings.compute_embeddings on training.validation.embedding_function of the network), so an
-embedding here equals the one eval_ckpt_file.py scores."""
+embedding path (eval.embeddings.compute_embeddings on models.EmbeddingModel.embed_function), so an embedding here
+equals the one eval_ckpt_file.py scores."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from eval.embeddings import compute_embeddings
 from faces.embeddings_file import FaceEmbeddings
 from faces.images import Detector, FaceCropper, list_face_images
 from models import EmbeddingModel, load_embedding_model
-from training.validation import embedding_function
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +23,7 @@ class FaceEmbedder:
     """Embeds face images with one model.
 
     Args:
-        model: the loaded model (models.load_embedding_model); its network is fed as evaluation feeds it.
+        model: the loaded model (models.load_embedding_model); fed as evaluation feeds it (its embed_function).
         flip: "sum", "none" or "concat" (eval.embeddings.compute_embeddings).
         aligned: the images are aligned face crops: resize them to the model's input size instead of detecting.
         batch_size: images per forward pass.
@@ -37,7 +36,7 @@ class FaceEmbedder:
         self.flip = flip
         self.batch_size = batch_size
         self.crop = FaceCropper(model.input_size, aligned, detector)
-        self._embed = embedding_function(model.network)
+        self._embed = model.embed_function()
 
     @classmethod
     def load(cls, path: str | Path, channel_order: str | None = None, **options) -> "FaceEmbedder":
@@ -46,8 +45,7 @@ class FaceEmbedder:
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """float32 [N, D] L2-normalised embeddings of uint8 RGB face crops [N, H, W, 3] at the model's input size."""
-        embeddings, _ = compute_embeddings(self._embed, crops, self.batch_size, self.model.preprocessing, self.flip,
-                                           description="faces")
+        embeddings, _ = compute_embeddings(self._embed, crops, self.batch_size, None, self.flip, description="faces")
         return embeddings.astype(np.float32)
 
     def embed_photo(self, path: str | Path) -> np.ndarray:

@@ -1,8 +1,9 @@
 """`load_embedding_model(path)`: any model this toolkit reads -> an EmbeddingModel (network, channel order, size).
 
-The kind of `path` is recognised from what is there (a Keras archive, a TF2 object-based checkpoint, a TF1
-name-based one, one of insightface's released recognisers: ONNX, arcface_torch .pth, MXNet .params), not from its
-name alone; KINDS lists them in the order they are tried. Adding a kind is one
+The kind of `path` is recognised from what is there (a Keras archive, an export of export.py run by its own runtime:
+SavedModel, ONNX, TFLite, a TF2 object-based checkpoint, a TF1 name-based one, one of insightface's released
+recognisers: ONNX, arcface_torch .pth, MXNet .params), not from its name alone; KINDS lists them in the order they are
+tried. Every kind embeds through EmbeddingModel.embed_function (uint8 RGB batches in). Adding a kind is one
 function `(path) -> Loaded | None` (None: "not mine") and one line in KINDS.
 """
 
@@ -16,12 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from common.preprocessing import PIXEL_MEAN, PIXEL_SCALE, Preprocessing, check_channel_order
+from common.preprocessing import PIXEL_MEAN, PIXEL_SCALE, Preprocessing, check_channel_order, normalize
 from deploy.preprocessing import deployment_info
 from models.channel_order import RecordedOrder, recorded_in_args_json, resolve_channel_order
 from models.checkpoints import (find_args_json, is_object_checkpoint, looks_like_checkpoint, read_args_json, reading,
                                 resolve_checkpoint, restore_embedding_weights)
+from models.exported import METADATA_FILE, Export, find_export
 from nets import pretrained, seed_checkpoint  # importing nets also registers the layer classes older .keras files name
 from nets.spec import NetworkSpec
 
@@ -30,42 +33,77 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingModel:
-    """A loaded model and what feeding it needs."""
+    """A loaded model and what feeding it needs; embed_function embeds with it, whichever kind it is."""
 
-    model: keras.Model  # images -> embeddings; float (x - 127.5) / 128 input, or uint8 RGB for an export that
-    # carries its preprocessing (deploy.preprocessing.deployment_info tells which)
+    keras_model: keras.Model | None  # images -> embeddings; float (x - 127.5) / 128 input, or uint8 RGB for an
+    # export that carries its preprocessing (deploy.preprocessing.deployment_info tells which); None for `export`
     channel_order: str  # "BGR" or "RGB": the order the network was trained with (models.channel_order)
-    source: str  # the resolved path: the .keras file or the checkpoint prefix
+    source: str  # the resolved path: the .keras file, the checkpoint prefix, the exported file
     kind: str  # the name of its entry in KINDS
+    export: Export | None = None  # an export of export.py run by its own runtime (kind "export"), not Keras
+
+    def __post_init__(self) -> None:
+        recorded = None if self.export is None else self.export.recorded_channel_order
+        if recorded is not None and self.channel_order != recorded:
+            raise ValueError(f"channel_order={self.channel_order}: the export {self.source} converts {recorded} "
+                             f"pixels inside; it cannot be fed otherwise (leave channel_order unset)")
+
+    @property
+    def model(self) -> keras.Model:
+        """The Keras model; ValueError for an export run by its runtime (kind "export"), which is none."""
+        if self.keras_model is None:
+            raise ValueError(f"{self.source} is an export ({self.export.format}) run by its own runtime, not a Keras "
+                             f"model: give the .keras export beside it or the checkpoint it was exported from")
+        return self.keras_model
 
     @property
     def network(self) -> keras.Model:
-        """The network alone, taking float images normalised by `preprocessing` (what evaluation feeds): `model`
-        itself, or the network inside a model that carries its preprocessing (an export, an imported recogniser)."""
+        """The network alone, taking float images normalised by `preprocessing`: `model` itself, or the network
+        inside a model that carries its preprocessing (a .keras export, an imported recogniser)."""
         info = deployment_info(self.model)
         return self.model if info is None else info["network"]
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """(height, width) of the faces `network` takes (an export may resize other sizes to it)."""
+        """(height, width) of the faces embed_function takes: the network's (a .keras export that resizes is
+        evaluated through its network), or an export's own input."""
+        if self.export is not None:
+            return self.export.input_size
         return tuple(self.network.input_shape[1:3])
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """How images become the input of `network`: `channel_order` with the numbers the model carries (an
-        imported recogniser's own), else the seed's (x - 127.5) / 128 that the networks trained here take."""
+        """How images become the input of the network: `channel_order` with the numbers the model carries (an
+        imported recogniser's own, those inside an export), else the seed's (x - 127.5) / 128 that the networks
+        trained here take."""
+        if self.export is not None:
+            return self.export.preprocessing(self.channel_order)
         info = deployment_info(self.model)
         mean, scale = (PIXEL_MEAN, PIXEL_SCALE) if info is None else (info["mean"], info["scale"])
         return Preprocessing(self.channel_order, mean, scale)
+
+    def embed_function(self) -> Callable[[np.ndarray], np.ndarray]:
+        """uint8 RGB batches [b, H, W, 3] at input_size -> [b, D] embeddings (numpy), what evaluation and faces/
+        embed with. A Keras model: its network, compiled, in inference mode, on the batch normalised by
+        `preprocessing` (the raw embedding); an export: the file run by its own runtime on the pixels (its
+        preprocessing inside; the output L2-normalised when export.py wrapped it, as it does by default)."""
+        if self.export is not None:
+            return self.export.embed_function(self.preprocessing)
+        from training.validation import embedding_function  # TensorFlow's compiled call; training/ imports eval/
+
+        embed = embedding_function(self.network)
+        preprocessing = self.preprocessing
+        return lambda batch: embed(normalize(batch, preprocessing))
 
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
     """What a kind's loader returns: the model, the resolved path, and the channel order recorded with it."""
 
-    model: keras.Model
+    model: keras.Model | None  # None for an export
     source: str
     recorded_order: RecordedOrder | None
+    export: Export | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +146,15 @@ def _load_keras_file(path: Path) -> Loaded | None:
     return Loaded(model, str(path), recorded)
 
 
+def _load_export(path: Path) -> Loaded | None:
+    export = find_export(path)
+    if export is None:
+        return None
+    recorded = (RecordedOrder(export.recorded_channel_order, f"the preprocessing inside {path}")
+                if export.takes_pixels else recorded_in_args_json(path))
+    return Loaded(None, str(path), recorded, export)
+
+
 def _checkpoint_prefix(path: Path, object_based: bool) -> str | None:
     """The checkpoint `path` means when it is one of the kind asked (ours: object-based; the seed's: name-based)."""
     if not looks_like_checkpoint(path):
@@ -143,6 +190,9 @@ def _load_pretrained_file(path: Path) -> Loaded | None:
 
 KINDS: tuple[Kind, ...] = (
     Kind("keras", "a Keras archive (.keras: best/embedding.keras, an export)", _load_keras_file),
+    # Before "pretrained": an ONNX export of ours is recognised by the input contract in its metadata.
+    Kind("export", "an export of export.py run by its runtime: its saved_model/ folder, embedding.onnx or a .tflite "
+                   f"(the SavedModel and TFLite with export.py's {METADATA_FILE} beside them)", _load_export),
     # Before the checkpoints: a folder holding an MXNet model-symbol.json + model-0000.params pair is one of these.
     Kind("pretrained", "one of insightface's released recognisers: " + "; ".join(pretrained.READERS.values()),
          _load_pretrained_file),
@@ -152,6 +202,12 @@ KINDS: tuple[Kind, ...] = (
     Kind("seed_checkpoint", "a seed TF1 checkpoint (models A-D): the prefix given to Saver.restore "
                             "(.../InsightFace_iter_best_710000.ckpt) or a folder holding it", _load_seed_checkpoint),
 )
+
+
+def _description(loaded: Loaded) -> str:
+    if loaded.export is not None:
+        return f"a {loaded.export.format} export ({loaded.export.metadata['input']} {loaded.export.input_size})"
+    return f"{loaded.model.name} ({loaded.model.count_params()} weights)"
 
 
 def load_embedding_model(path: str | Path, channel_order: str | None = None) -> EmbeddingModel:
@@ -167,13 +223,13 @@ def load_embedding_model(path: str | Path, channel_order: str | None = None) -> 
     for kind in KINDS:
         loaded = kind.load(path)
         if loaded is not None:
-            log.info("loaded %s (%s, %d weights) from %s", loaded.model.name, kind.name, loaded.model.count_params(),
-                     loaded.source)
-            return EmbeddingModel(model=loaded.model,
+            log.info("loaded %s (%s) from %s", _description(loaded), kind.name, loaded.source)
+            return EmbeddingModel(keras_model=loaded.model,
                                   channel_order=resolve_channel_order(channel_order, loaded.recorded_order,
                                                                       loaded.source),
                                   source=loaded.source,
-                                  kind=kind.name)
+                                  kind=kind.name,
+                                  export=loaded.export)
     accepted = "; ".join(f"{kind.name}: {kind.accepts}" for kind in KINDS)
     if not path.exists():
         raise FileNotFoundError(f"no model at {path}: nothing there (accepted: {accepted})")

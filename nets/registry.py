@@ -11,7 +11,8 @@ Names (case-insensitive):
 * ImageNet ResNet v1 of the seed's nets/resnet.py (nets.resnet_v1): ``resnet{50,101,152}_v1``,
   ``se_resnet{50,101,152}_v1``, ``resnext{50,101,152}_32x4d``;
 * ``vgg16``, ``vgg19`` (nets.vgg);
-* ``mobilefacenet`` (nets.mobilefacenet).
+* ``mobilefacenet`` (nets.mobilefacenet), and ``mobilefacenet_arcface_torch``, insightface arcface_torch's `mbf`
+  (its stem and stages; give it norm_epsilon=1e-5 as nets.pretrained.build does for an imported one).
 
 Every builder takes `norm` ("bn", "gn", "brn"), `synchronized_bn` and `seed` (nets.norms.make_norm for every norm
 layer; the VGGs have norms in their output block only).
@@ -28,12 +29,14 @@ from typing import Callable
 import keras
 
 from nets import resnet_ir, resnet_v1
-from nets.mobilefacenet import get_mobilefacenet
+from nets.mobilefacenet import ARCFACE_TORCH_MBF_BOTTLENECKS, get_mobilefacenet
 from nets.vgg import BLOCK_CONVS, get_vgg
 
 
 # The seed's 4x-wide files key the 100-layer net 101 (scope resnet_v1_101); their other depths are ours.
 SEED_WIDE_DEPTHS = {50: 50, 101: 100, 152: 152}
+# arcface_torch's mbf stem: 128 channels, its second convolution grouped in 64 groups (nets.mobilefacenet).
+ARCFACE_TORCH_MBF_STEM = (128, 64)
 
 
 def get_seed_wide_resnet(num_layers: int, unit_type: str = "ir", norm: str = "bn", **kwargs) -> keras.Model:
@@ -59,6 +62,9 @@ def _registry() -> dict[str, Callable[..., keras.Model]]:
     for depth in BLOCK_CONVS:
         builders[f"vgg{depth}"] = functools.partial(get_vgg, depth)
     builders["mobilefacenet"] = get_mobilefacenet
+    builders["mobilefacenet_arcface_torch"] = functools.partial(
+        get_mobilefacenet, stem_channels=ARCFACE_TORCH_MBF_STEM[0], stem_groups=ARCFACE_TORCH_MBF_STEM[1],
+        bottlenecks=ARCFACE_TORCH_MBF_BOTTLENECKS)
     return builders
 
 

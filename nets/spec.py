@@ -30,6 +30,8 @@ class NetworkSpec:
     dropout_rate: float = 0.4
     embedding_size: int = 512
     sync_bn: bool = False
+    norm_epsilon: float | None = None  # every norm's variance epsilon; None = the seed's (nets.norms.SEED_EPSILONS)
+    projection_shortcut: bool = False  # IR-ResNet: conv 1x1/2 + norm shortcut in every strided unit (arcface_torch)
     seed: int = 313
     image_size: tuple[int, int] = (112, 112)
 
@@ -51,6 +53,11 @@ class NetworkSpec:
         """The embedding network (random weights): `backbone` from the registry, or the IR-ResNet."""
         options = dict(image_size=self.image_size, dropout_rate=self.dropout_rate,
                       embedding_size=self.embedding_size, synchronized_bn=self.sync_bn, seed=self.seed)
+        # Passed only when set: the builders without these options (VGG, ResNet v1) keep working at the defaults.
+        if self.norm_epsilon is not None:
+            options["norm_epsilon"] = self.norm_epsilon
+        if self.projection_shortcut:
+            options["projection_shortcut"] = True
         if self.backbone:
             return get_backbone(self.backbone, norm=self.norm, **options)
         return get_resnet(self.net_depth, self.unit_type, self.norm, self.net_width, **options)

@@ -209,3 +209,39 @@ def test_checkpoints_of_different_input_sizes_each_get_their_size(tiny_run, tmp_
         size = report["image_size"][0]
         expected = reference_distances(models[size], root / "heldout", root / "pairs.txt", size)
         np.testing.assert_allclose(report["distances"], expected, rtol=1e-4, atol=1e-5)
+
+
+EXPORTED = ("saved_model", "embedding.onnx", "embedding.tflite")
+
+
+@pytest.mark.slow  # ~60 s: export.py's four formats, eight evaluations
+def test_export_py_files_are_evaluated_by_their_runtimes_as_the_keras_export(tiny_run, tmp_path):
+    """export.py's SavedModel, ONNX and TFLite of a trained run, each run by its own runtime on the pixels, give the
+    .keras export's distances (that one is evaluated through its network): equal up to float without the flip. With
+    the flip "sum" an export adds its L2-normalised embeddings where the .keras evaluation adds the raw ones, so the
+    distances move a little (measured on this run: 4.0e-3 of the largest distance for all three formats, 7e-7
+    without the flip; the accuracy 0.6875 against 0.78125, 3 of 32 pairs near the threshold of a 3-step run) and the
+    accuracy stays within one pair per fold. XNorm of an export is 1: its outputs are unit vectors."""
+    import export
+
+    root = tiny_run["root"]
+    out = tmp_path / "export"
+    export.main(export.Args(input_model=str(root / "ckpt" / "InsightFace_iter-3"), output_dir=str(out),
+                            formats=["saved_model", "keras", "onnx", "tflite"], num_check_images=2))
+    common = dict(eval_dataset=str(root / "heldout"), eval_pair=str(root / "pairs.txt"), batch_size=8,
+                  ckpt_index_list=[])
+    for flip in ("none", "sum"):
+        reports = {name: eval_ckpt_file.evaluate_checkpoints(eval_ckpt_file.Args(
+            ckpt_file=str(out / name), flip=flip, output_dir=str(tmp_path / flip / name), **common))[0]
+            for name in ("embedding.keras", *EXPORTED)}
+        keras_report = reports.pop("embedding.keras")
+        keras_distances = np.asarray(keras_report["distances"])
+        for name, report in reports.items():
+            assert (report["channel_order"], report["normalisation"]) == ("RGB", {"mean": 127.5, "scale": 1 / 128})
+            difference = np.max(np.abs(np.asarray(report["distances"]) - keras_distances)) / np.max(keras_distances)
+            assert report["xnorm"] == pytest.approx(1.0, abs=1e-5)
+            if flip == "none":
+                np.testing.assert_allclose(report["distances"], keras_distances, rtol=1e-5, atol=1e-6)
+            else:
+                assert 1e-5 < difference < 1e-2, name  # moved (unit vectors summed), by little
+                assert abs(report["accuracy_mean"] - keras_report["accuracy_mean"]) <= 1 / 8, name  # 8 pairs a fold

@@ -237,3 +237,111 @@ def test_network_spec_defaults_are_train_nets_defaults():
         expected = image_size_pair(args.image_size) if name == "image_size" else getattr(args, name)
         assert getattr(spec, name) == expected, name
     assert NetworkSpec.from_mapping({"loss": "cosface", "net_depth": 18}) == NetworkSpec(net_depth=18)
+
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """A small network trained "in RGB", exported by deploy.formats as export.py exports (SavedModel, ONNX, TFLite,
+    .keras; uint8 RGB in, L2-normalised out), and the independent reference of its outputs on mirrored images."""
+    from deploy.formats import export_model, reference_embeddings
+    from test_export import _tiny_network
+
+    folder = tmp_path_factory.mktemp("export")
+    network = _tiny_network(SIZE)
+    images = np.random.default_rng(5).integers(0, 256, (6, SIZE, SIZE, 3), dtype=np.uint8)
+    export_model(with_preprocessing(network, "RGB"), folder, ["saved_model", "onnx", "tflite", "keras"], images[:2])
+    mirrored = images[:, :, ::-1]
+    return {"folder": folder, "network": network, "mirrored": mirrored,
+            "reference": reference_embeddings(with_preprocessing(network, "RGB"), np.ascontiguousarray(mirrored))}
+
+
+EXPORTS = {"saved_model": "saved_model", "onnx": "embedding.onnx", "tflite": "embedding.tflite"}
+
+
+@pytest.mark.parametrize("fmt", EXPORTS)
+def test_an_export_runs_by_its_runtime_on_pixels_with_its_recorded_preprocessing(exported, fmt):
+    """Kind "export": the file itself, run by its runtime on uint8 RGB (mirrored views too), gives the reference
+    (numpy preprocessing, the network, numpy L2); it is no Keras model, and its channel order is fixed inside."""
+    from common.preprocessing import Preprocessing
+
+    loaded = load_embedding_model(exported["folder"] / EXPORTS[fmt])
+    assert (loaded.kind, loaded.export.format, loaded.channel_order) == ("export", fmt, "RGB")
+    assert loaded.input_size == (SIZE, SIZE) and loaded.preprocessing == Preprocessing("RGB", 127.5, 1 / 128)
+    embeddings = loaded.embed_function()(exported["mirrored"])
+    assert max_relative_difference(embeddings, exported["reference"]) < 1e-5
+    with pytest.raises(ValueError, match="not a Keras model: give the .keras export"):
+        loaded.model  # what export.py and fine-tuning ask for
+    with pytest.raises(ValueError, match="converts RGB pixels inside"):
+        load_embedding_model(exported["folder"] / EXPORTS[fmt], "BGR")
+
+
+def test_exports_are_recognised_by_content_and_need_their_metadata(exported, tmp_path):
+    """Renamed ONNX and TFLite files are still exports (the ONNX by our metadata_props, so the insightface reader
+    never sees it); without export_metadata.json beside them a SavedModel or TFLite file is refused by name; an ONNX
+    file without our metadata is not an export (nets.pretrained's reader gets it)."""
+    import onnx
+
+    from models.exported import find_export
+
+    shutil.copy(exported["folder"] / "embedding.onnx", tmp_path / "model.bin")
+    shutil.copy(exported["folder"] / "embedding.tflite", tmp_path / "model.dat")
+    shutil.copy(exported["folder"] / "export_metadata.json", tmp_path)
+    assert load_embedding_model(tmp_path / "model.bin").export.format == "onnx"
+    assert load_embedding_model(tmp_path / "model.dat").export.format == "tflite"
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(exported["folder"] / "embedding.tflite", bare / "embedding.tflite")
+    shutil.copytree(exported["folder"] / "saved_model", bare / "saved_model")
+    for name in ("embedding.tflite", "saved_model"):
+        with pytest.raises(ValueError, match="without export.py's export_metadata.json beside it"):
+            load_embedding_model(bare / name)
+
+    proto = onnx.load(str(exported["folder"] / "embedding.onnx"))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare / "theirs.onnx"))
+    assert find_export(bare / "theirs.onnx") is None
+
+
+def test_export_py_refuses_an_export_run_by_its_runtime(exported, tmp_path):
+    for name in ("embedding.onnx", "saved_model"):
+        with pytest.raises(ValueError, match="not a Keras model"):
+            export.main(export.Args(input_model=str(exported["folder"] / name), output_dir=str(tmp_path / name),
+                                    formats=["keras"]))
+        assert not (tmp_path / name).exists()
+
+
+def test_a_keras_model_embeds_pixels_exactly_as_the_network_on_normalised_input(exported):
+    """embed_function of a Keras model is normalise + the compiled network call: bit for bit what evaluation did."""
+    from eval.embeddings import compute_embeddings
+    from training.validation import embedding_function
+
+    loaded = load_embedding_model(exported["folder"] / "embedding.keras")
+    images = np.ascontiguousarray(exported["mirrored"])
+    for flip in ("sum", "none"):
+        new, new_xnorm = compute_embeddings(loaded.embed_function(), images, 4, None, flip)
+        old, old_xnorm = compute_embeddings(embedding_function(loaded.network), images, 4, loaded.preprocessing, flip)
+        assert np.array_equal(new, old) and new_xnorm == old_xnorm
+
+
+def test_faces_embed_with_an_export(exported):
+    """faces/ takes an export: its flip-free embeddings are the export's outputs (unit norm)."""
+    from faces.embedder import FaceEmbedder
+
+    embedder = FaceEmbedder.load(exported["folder"] / "embedding.onnx", flip="none", aligned=True)
+    embeddings = embedder.embed_crops(np.ascontiguousarray(exported["mirrored"]))
+    assert max_relative_difference(embeddings, exported["reference"]) < 1e-5
+
+
+def test_a_bare_network_export_is_fed_the_normalised_pixels(exported, tmp_path):
+    """An export without preprocessing (export.py --with_preprocessing=false): the seed's numbers in the channel
+    order asked for, then the file; its output is the raw embedding of the network."""
+    from deploy.formats import export_model
+
+    images = np.ascontiguousarray(exported["mirrored"])
+    export_model(exported["network"], tmp_path, ["onnx"], normalize(images[:2], "RGB"))
+    loaded = load_embedding_model(tmp_path / "embedding.onnx", "RGB")
+    assert (loaded.kind, loaded.channel_order, loaded.export.takes_pixels) == ("export", "RGB", False)
+    expected = _outputs(exported["network"], normalize(images, "RGB"))
+    assert max_relative_difference(loaded.embed_function()(exported["mirrored"]), expected) < 1e-5

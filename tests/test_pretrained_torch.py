@@ -362,16 +362,123 @@ def test_export_deploys_a_backbone_pth_l2_normalised_with_its_own_preprocessing(
     np.testing.assert_allclose(output, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
 
 
-def test_fine_tuning_from_a_released_model_is_refused_by_name_and_writes_no_args_json(torch_files, tmp_path):
+# --- fine-tuning: train_nets.py --restore_path=backbone.pth ----------------------------------------------------------
+
+
+def _fine_tuning_args(root: Path, pth: Path, **fields):
     import train_nets
     from data import synthetic
 
-    synthetic.generate(tmp_path / "faces", num_identities=3, images_per_identity=4, seed=0, image_size=32)
+    if not (root / "faces").is_dir():
+        synthetic.generate(root / "faces", num_identities=3, images_per_identity=4, seed=0, image_size=112)
+    return train_nets.Args(image_size=112, batch_size=4, max_steps=1, validate_interval=0,
+                           train_dataset_dir=str(root / "faces"), restore_path=str(pth), ckpt_path=str(root / "ckpt"),
+                           summary_path=str(root / "summary"), log_file_path=str(root / "logs"), **fields)
+
+
+# What arcface_torch's iresnet18 with 64 features (the torch_files one) is in Args.
+IRESNET18_ARGS = dict(net_depth=18, embedding_size=64, norm_epsilon=1e-5, projection_shortcut=True,
+                      channel_order="RGB")
+
+
+def _weighted_layers(model) -> list:
+    return [layer for layer in model.layers if layer.weights]
+
+
+# What arcface_torch's mbf with 64 features (the torch_files one) is in Args.
+MBF_ARGS = dict(backbone="mobilefacenet_arcface_torch", embedding_size=64, norm_epsilon=1e-5, channel_order="RGB")
+
+
+@pytest.mark.parametrize("name, fields", [("iresnet18", IRESNET18_ARGS), ("mbf", MBF_ARGS)])
+def test_fine_tuning_from_a_backbone_pth_copies_every_weight_and_gives_its_embedding(torch_files, tmp_path, name,
+                                                                                     fields):
+    """The network these Args build (with dropout) takes every weight of the file, BN statistics included, and
+    computes what load_pretrained's network does on the training pipeline's normalised RGB input."""
+    import nets
+    from losses import make_head
+    from nets.preprocessing import deployment_info
+    from nets.spec import NetworkSpec
+    from training.checkpoints import check_released_model, restore_for_fine_tuning
+
+    pth = torch_files / name / "backbone.pth"
+    args = _fine_tuning_args(tmp_path, pth, dropout_rate=0.2, **fields)
+    assert check_released_model(args) is not None  # the Args describe the file
+    model = NetworkSpec.from_mapping(args.to_dict()).build()
+    head = make_head(args.loss, 3, **args.head_margins(), seed=args.seed)
+    head.build((None, args.embedding_size))
+    restore_for_fine_tuning(model, head, pth, with_head=False)
+    source = deployment_info(nets.load_pretrained(pth))["network"]
+    pairs = list(zip(_weighted_layers(source), _weighted_layers(model), strict=True))
+    assert len(pairs) > 50
+    for from_layer, to_layer in pairs:
+        for expected, restored in zip(from_layer.get_weights(), to_layer.get_weights(), strict=True):
+            np.testing.assert_array_equal(restored, expected, err_msg=to_layer.name)
+    normalised = (np.load(torch_files / name / "images.npy").astype(np.float32) - 127.5) / 128  # the pipeline's
+    np.testing.assert_allclose(np.asarray(model(normalised, training=False)), np.asarray(source(normalised)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_from_a_backbone_pth_starts_from_its_weights_and_its_checkpoint_evaluates(torch_files, tmp_path):
+    """train_nets.train with restore_path=backbone.pth: after one step at lr 1e-20 every trainable weight of its
+    checkpoint is still the file's (the restore is train()'s own), args.json rebuilds the architecture, and the
+    checkpoint evaluates through eval_ckpt_file on RGB input."""
+    import tensorflow as tf
+
+    import eval_ckpt_file
+    import generate_pairs
+    import nets
+    import train_nets
+    from nets.preprocessing import deployment_info
+    from nets.spec import NetworkSpec
+
     pth = torch_files / "iresnet18" / "backbone.pth"
-    args = train_nets.Args(net_depth=18, image_size=32, batch_size=4, max_steps=1, validate_interval=0,
-                           train_dataset_dir=str(tmp_path / "faces"), restore_path=str(pth),
-                           ckpt_path=str(tmp_path / "ckpt"), summary_path=str(tmp_path / "summary"),
-                           log_file_path=str(tmp_path / "logs"))
-    with pytest.raises(ValueError, match=r"restore_path=.*backbone\.pth: .* released models .* not supported yet"):
-        train_nets.train(args)
-    assert not (tmp_path / "ckpt" / "args.json").exists()
+    args = _fine_tuning_args(tmp_path, pth, dropout_rate=0.4, lr_values=[1e-20], lr_steps=[], **IRESNET18_ARGS)
+    summary = train_nets.train(args)
+    assert summary["step"] == 1 and np.isfinite(summary["total_loss"])
+    run_args = train_nets.Args.load(tmp_path / "ckpt" / "args.json")
+    assert run_args == args
+    trained = NetworkSpec.from_mapping(run_args.to_dict()).build()
+    tf.train.Checkpoint(model=trained).read(summary["checkpoint"]).expect_partial().assert_existing_objects_matched()
+    source = deployment_info(nets.load_pretrained(pth))["network"]
+    expected = [w.numpy() for layer in _weighted_layers(source) for w in layer.trainable_weights]
+    actual = [w.numpy() for layer in _weighted_layers(trained) for w in layer.trainable_weights]
+    assert len(expected) == len(actual) > 50
+    for expected_value, actual_value in zip(expected, actual):
+        np.testing.assert_allclose(actual_value, expected_value, rtol=1e-6, atol=1e-15)
+
+    generate_pairs.main(generate_pairs.Args(data_dir=str(tmp_path / "faces"), pairs_filepath=str(tmp_path / "pairs"),
+                                            num_folds=2, pairs_per_fold=2, seed=0))
+    reports = eval_ckpt_file.evaluate_checkpoints(eval_ckpt_file.Args(
+        ckpt_file=summary["checkpoint"], ckpt_index_list=[], eval_dataset=str(tmp_path / "faces"),
+        eval_pair=str(tmp_path / "pairs"), batch_size=4, flip="none", output_dir=str(tmp_path / "eval")))
+    assert len(reports) == 1 and reports[0]["channel_order"] == "RGB"
+    assert np.all(np.isfinite(reports[0]["distances"]))
+
+
+def test_fine_tuning_from_a_backbone_pth_with_other_args_is_refused_with_the_overrides(torch_files, tmp_path):
+    """The seed's defaults (depth 50, 512 features, epsilon 2e-5, identity shortcuts, BGR) against the file's
+    iresnet18 or mbf: one line with the overrides that match it, before anything is written; restore_head=true
+    refused."""
+    import train_nets
+
+    pth = torch_files / "iresnet18" / "backbone.pth"
+    with pytest.raises(ValueError) as refused:
+        train_nets.train(_fine_tuning_args(tmp_path, pth))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"Args: restore_path={pth}: ")
+    assert ("run with --net_depth=18 --embedding_size=64 --image_size=[112,112] --norm_epsilon=1e-05 "
+            "--projection_shortcut=true --channel_order=RGB (dropout_rate may differ)") in message
+    for differing in ("net_depth=50", "embedding_size=512", "norm_epsilon=None", "projection_shortcut=false",
+                      "channel_order=BGR"):
+        assert differing in message
+    assert not (tmp_path / "ckpt").exists()
+    # The overrides it lists are accepted from the command line and are the file's.
+    overrides = message.split("run with ")[1].split(" (")[0].split()
+    assert train_nets.Args.from_cli(overrides).to_dict().items() >= {**IRESNET18_ARGS, "image_size": [112, 112]}.items()
+
+    with pytest.raises(ValueError, match=r"run with --backbone=mobilefacenet_arcface_torch --embedding_size=64 "
+                                         r"--image_size=\[112,112\] --norm_epsilon=1e-05 --channel_order=RGB \("):
+        train_nets.train(_fine_tuning_args(tmp_path, torch_files / "mbf" / "backbone.pth"))
+    with pytest.raises(ValueError, match=r"restore_head=true: .* no class weights; set --restore_head=false"):
+        train_nets.train(_fine_tuning_args(tmp_path, pth, restore_head=True, **IRESNET18_ARGS))
+    assert not (tmp_path / "ckpt").exists()

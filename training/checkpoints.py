@@ -17,15 +17,19 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from common.files import replacing
+from common.preprocessing import SEED_PREPROCESSING, Preprocessing
+from common.sizes import image_size_pair
 
 from models.checkpoints import (ARGS_FILE, is_object_checkpoint, reading, resolve_checkpoint,
                                 restore_embedding_weights)
-from nets import pretrained, seed_checkpoint
+from nets import pretrained, resnet_ir, seed_checkpoint
+from nets.spec import NetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,8 @@ CLASSES_FILE = "classes.txt"
 # Fixed for the life of a run: what its checkpoints hold and how its data is walked.
 RUN_FIELDS = frozenset({
     # the network (args.json rebuilds it for evaluation and export)
-    "net_depth", "unit_type", "norm", "net_width", "backbone", "dropout_rate", "embedding_size",
+    "net_depth", "unit_type", "norm", "net_width", "backbone", "dropout_rate", "embedding_size", "norm_epsilon",
+    "projection_shortcut",
     # the margin head
     "loss", "margin_s", "margin_m", "margin_m1", "margin_m2", "margin_m3", "num_output",
     # the data; the saved position counts batches of batch_size, and seed fixes each epoch's shuffle
@@ -286,6 +291,8 @@ def _cli_value(value) -> str:
     """`value` as a --key=value override spells it (strings unquoted, lists without spaces)."""
     if isinstance(value, list):
         return f"[{','.join(_cli_value(item) for item in value)}]"
+    if isinstance(value, bool):
+        return str(value).lower()
     return value if isinstance(value, str) else str(value)
 
 
@@ -322,26 +329,31 @@ def restore_run(checkpoint: tf.train.Checkpoint, prefix: str) -> None:
                          f"written with another {ARGS_FILE}?): give a new ckpt_path. {err}") from err
 
 
-def restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path: str | Path, with_head: bool) -> None:
-    """Starts a run from another run's backbone (ours or the seed's TF1 checkpoint), optionally its class weights.
+def restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path: str | Path, with_head: bool,
+                            released: keras.Model | None = None) -> None:
+    """Starts a run from another run's backbone (ours or the seed's TF1 checkpoint), optionally its class weights, or
+    from insightface's released model (`released`: its network as check_released_model returned it, or None to
+    read it here).
 
     Any error names the restore_path key (FileNotFoundError, or ValueError for a checkpoint that does not read or fit).
     """
     try:
-        _restore_for_fine_tuning(model, head, path, with_head)
+        _restore_for_fine_tuning(model, head, path, with_head, released)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"Args: restore_path={path}: {err}") from err
     except ValueError as err:
         raise ValueError(f"Args: restore_path={path}: {err}") from err
 
 
-def _restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path: str | Path, with_head: bool) -> None:
-    if pretrained.is_pretrained_file(path):
-        # Their networks differ from the seed's (batch-norm epsilon, shortcuts, widths) and so would the data's
-        # normalisation: a run cannot yet be built to match one.
-        raise ValueError(f"{path} is one of insightface's released models (ONNX / .pth / MXNet): fine-tuning from "
-                         f"one is not supported yet; evaluate it (eval_ckpt_file.py) or export it (export.py), or "
-                         f"fine-tune from a checkpoint of this toolkit or of the seed")
+def _restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path: str | Path, with_head: bool,
+                             released: keras.Model | None) -> None:
+    if released is not None or pretrained.is_pretrained_file(path):
+        if with_head:
+            raise ValueError(_NO_CLASS_WEIGHTS)
+        network = released if released is not None else pretrained.build_from_weights(pretrained.read_weights(path))
+        copy_network_weights(network, model)
+        log.info("fine-tuning from insightface's %s in %s (backbone; a new head)", network.name, path)
+        return
     prefix = resolve_checkpoint(path)
     if is_object_checkpoint(prefix):
         restore_embedding_weights(model, prefix)
@@ -356,3 +368,130 @@ def _restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path:
         raise ValueError(f"restore_head: the class weights of {prefix} do not fit the head "
                          f"{tuple(head.embedding_weights.shape)} (see the log)")
     log.info("fine-tuning from the seed checkpoint %s", prefix)
+
+
+# --- fine-tuning from insightface's released models (nets.pretrained: ONNX, arcface_torch .pth, MXNet zoo) ---------
+
+_NO_CLASS_WEIGHTS = ("restore_head=true: insightface's released models hold the backbone only, no class weights; "
+                     "set --restore_head=false (the run starts a new head)")
+# Listed in a refusal's overrides even when they already match: with them a reader sees which network the file is.
+_ALWAYS_LISTED = ("net_depth", "embedding_size", "image_size", "norm_epsilon", "channel_order")
+# The registry backbones an imported MobileFaceNet may be (nets.pretrained.build builds the paper's and arcface_torch's).
+_MOBILEFACENETS = ("mobilefacenet", "mobilefacenet_arcface_torch")
+# How far a released model's pixel normalisation may be from the training pipeline's, as a fraction of the normalised
+# range (see _check_normalisation).
+NORMALISATION_TOLERANCE = 0.01
+
+
+def check_released_model(args) -> keras.Model | None:
+    """The network of insightface's released model at args.restore_path (built and loaded by nets.pretrained) once
+    the Args are checked to describe it; None when restore_path is empty or another kind of checkpoint.
+
+    Run before anything is written. ValueError naming restore_path when restore_head is set (those files hold no
+    class weights), when the Args describe another network or channel order (listing the --key=value overrides that
+    match the file), or when the file's pixel normalisation is far from the training pipeline's.
+    """
+    path = args.restore_path
+    if not path or not pretrained.is_pretrained_file(path):
+        return None
+    prefix = f"Args: restore_path={path}"
+    if args.restore_head:
+        raise ValueError(f"{prefix}: {_NO_CLASS_WEIGHTS}")
+    try:
+        weights = pretrained.read_weights(path)
+        network = pretrained.build_from_weights(weights)
+        described = released_model_args(network, weights.preprocessing)
+    except ValueError as err:
+        raise ValueError(f"{prefix}: {err}") from err
+    now = args.to_dict()
+    differing = [key for key, value in described.items() if not _same_arg_value(key, now[key], value)]
+    if differing:
+        listed = ", ".join(f"{key}={_cli_value(now[key])}" for key in differing)
+        overrides = " ".join(f"--{key}={_cli_value(value)}" for key, value in described.items()
+                             if key in differing or key in _ALWAYS_LISTED)
+        raise ValueError(f"{prefix}: insightface's {network.name} there is another network or input than these Args "
+                         f"describe ({listed}); run with {overrides} (dropout_rate may differ)")
+    _check_normalisation(weights.preprocessing, prefix)
+    return network
+
+
+def released_model_args(network: keras.Model, preprocessing: Preprocessing) -> dict[str, Any]:
+    """The train_nets.Args values that build `network` (one of nets.pretrained.build_from_weights) for its input.
+
+    ValueError when no Args describe it (mixed batch-norm epsilons, a MobileFaceNet variant with no registry name).
+    """
+    epsilons = {float(layer.epsilon) for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    if len(epsilons) != 1:
+        raise ValueError(f"{network.name} has batch norms of the epsilons {sorted(epsilons)}; Args set one")
+    described = dict(norm="bn", embedding_size=int(network.output_shape[-1]),
+                     image_size=list(network.input_shape[1:3]), norm_epsilon=epsilons.pop())
+    names = {layer.name for layer in network.layers}
+    units = tuple(sum(bool(re.fullmatch(rf"block{stage}\.unit_\d+\.bottleneck_v1\.conv1", name)) for name in names)
+                  for stage in range(1, 5))
+    depths = [depth for depth, stage_units in resnet_ir.STAGE_UNITS.items() if stage_units == units]
+    if depths:
+        # Stage 1 keeps 64 channels: only a projection shortcut gives its first unit a shortcut convolution.
+        projection = "block1.unit_1.bottleneck_v1.shortcut_conv" in names
+        return dict(net_depth=depths[0], backbone="", unit_type="ir", net_width=1, **described,
+                    projection_shortcut=projection, channel_order=preprocessing.channel_order)
+    for backbone in _MOBILEFACENETS:
+        candidate = dict(backbone=backbone, **described, projection_shortcut=False,
+                         channel_order=preprocessing.channel_order)
+        built = NetworkSpec.from_mapping({**candidate, "dropout_rate": 0.0}).build()
+        if _layer_signatures(built) == _layer_signatures(network):
+            return candidate
+    raise ValueError(f"{network.name}: no backbone of nets.registry has its layers (IR-ResNet depths "
+                     f"{sorted(resnet_ir.STAGE_UNITS)}, {', '.join(_MOBILEFACENETS)}): it can be evaluated and "
+                     f"exported, not fine-tuned")
+
+
+def _same_arg_value(key: str, now: Any, described: Any) -> bool:
+    if key == "image_size":
+        return image_size_pair(now) == image_size_pair(described)
+    if key == "backbone":
+        return now.lower() == described.lower()  # the registry's names are case-insensitive
+    return now == described
+
+
+def _check_normalisation(preprocessing: Preprocessing, prefix: str) -> None:
+    """ValueError unless the training pipeline's (x - 127.5) / 128 is within NORMALISATION_TOLERANCE of the file's.
+
+    arcface_torch's models were trained on (x - 127.5) / 127.5: fed the pipeline's numbers they see inputs 0.4%
+    smaller. That is harmless for fine-tuning: the batch norm after the first convolution normalises by the batch's
+    statistics in training (a scale of the input cancels there) and its running statistics adapt within the first
+    steps; and every later reader of the run (evaluation, export, resume) takes the normalisation from the run's
+    args.json, so it feeds what training fed. A model expecting other numbers (e.g. [0, 1] pixels) would start far
+    from its weights, and is refused.
+    """
+    seed = SEED_PREPROCESSING
+    mean_offset = abs(preprocessing.mean - seed.mean) * seed.scale
+    scale_ratio = abs(preprocessing.scale / seed.scale - 1)
+    if max(mean_offset, scale_ratio) > NORMALISATION_TOLERANCE:
+        raise ValueError(f"{prefix}: the model takes (x - {preprocessing.mean:g}) * {preprocessing.scale:g}; "
+                         f"training feeds (x - {seed.mean:g}) * {seed.scale:g}, too far from it to fine-tune")
+
+
+def _layer_signatures(model: keras.Model) -> list[tuple]:
+    """Per layer with weights, in build order: its class, weight shapes and norm epsilon (what a copy must match)."""
+    return [(type(layer).__name__, tuple(tuple(weight.shape) for weight in layer.weights),
+             getattr(layer, "epsilon", None)) for layer in model.layers if layer.weights]
+
+
+def copy_network_weights(source: keras.Model, target: keras.Model) -> None:
+    """Sets every weight of `target` to the one of `source` in the same place: the two networks must have the same
+    weighted layers in the same order (class, shapes, norm epsilon); layer names may differ (nets.pretrained.build
+    splits a MobileFaceNet's stages otherwise than the registry) and so may dropout. ValueError naming the first
+    difference."""
+    sources = [layer for layer in source.layers if layer.weights]
+    targets = [layer for layer in target.layers if layer.weights]
+    for index, (from_layer, to_layer, from_signature, to_signature) in enumerate(
+            zip(sources, targets, _layer_signatures(source), _layer_signatures(target))):
+        if from_signature != to_signature:
+            raise ValueError(f"weighted layer {index} differs: {from_layer.name} {from_signature} in "
+                             f"{source.name}, {to_layer.name} {to_signature} in the network of these Args")
+    if len(sources) != len(targets):
+        raise ValueError(f"{source.name} has {len(sources)} layers with weights, the network of these Args "
+                         f"{len(targets)}")
+    for from_layer, to_layer in zip(sources, targets):
+        to_layer.set_weights(from_layer.get_weights())
+    log.info("copied the %d weights of %s into %s", source.count_params(), source.name, target.name)
