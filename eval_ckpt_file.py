@@ -34,7 +34,9 @@ class Args(Config):
     # a .keras file, an export of export.py (saved_model/, embedding.onnx, .tflite), an insightface release (.onnx,
     # backbone.pth, model-0000.params)
     ckpt_file: RequiredPath = "./output/ckpt/InsightFace_iter-"
-    ckpt_index_list: list[RequiredPath] = ["10000"]  # e.g. ["10000", "20000"]; [] = ckpt_file is the checkpoint itself
+    # appended to ckpt_file, e.g. ["10000", "20000"]; [] = ckpt_file is the checkpoint itself (so is a model file or
+    # folder that is there when ckpt_file + index is not)
+    ckpt_index_list: list[RequiredPath] = ["10000"]
     # custom aligned dataset: one folder per identity (align/align_dataset_mtcnn.py output)
     eval_dataset: OptionalPath = ""
     eval_pair: OptionalPath = ""  # its pairs.txt (generate_pairs.py; the LFW layout or the fork's tab format)
@@ -53,10 +55,18 @@ class Args(Config):
 
 
 def checkpoint_paths(args: Args) -> list[str]:
-    """The checkpoints to evaluate: ckpt_file + each index (the seed's convention), or ckpt_file alone."""
+    """The checkpoints to evaluate: ckpt_file + each index (the seed's convention), or ckpt_file alone when the index
+    list is empty, or when ckpt_file is a model by itself (a file or folder that is there, e.g. model.onnx or a run
+    folder) and no ckpt_file + index is."""
     if not args.ckpt_index_list:
         return [args.ckpt_file]
-    return [f"{args.ckpt_file}{index}" for index in args.ckpt_index_list]
+    joined = [f"{args.ckpt_file}{index}" for index in args.ckpt_index_list]
+    if Path(args.ckpt_file).exists() and not any(Path(path).exists() or Path(f"{path}.index").exists()
+                                                  for path in joined):
+        log.info("evaluating %s itself: ckpt_index_list %s names nothing beside it", args.ckpt_file,
+                 args.ckpt_index_list)
+        return [args.ckpt_file]
+    return joined
 
 
 def load_sets(args: Args, image_size: tuple[int, int]) -> list[VerificationSet]:

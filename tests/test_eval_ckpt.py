@@ -245,3 +245,15 @@ def test_export_py_files_are_evaluated_by_their_runtimes_as_the_keras_export(tin
             else:
                 assert 1e-5 < difference < 1e-2, name  # moved (unit vectors summed), by little
                 assert abs(report["accuracy_mean"] - keras_report["accuracy_mean"]) <= 1 / 8, name  # 8 pairs a fold
+
+
+def test_the_index_list_is_appended_to_a_prefix_and_ignored_for_a_model_file(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "InsightFace_iter-10000.index").write_bytes(b"")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    prefix = str(tmp_path / "ckpt" / "InsightFace_iter-")
+    assert eval_ckpt_file.checkpoint_paths(eval_ckpt_file.Args(ckpt_file=prefix)) == [f"{prefix}10000"]
+    for model in (tmp_path / "model.onnx", tmp_path / "ckpt"):  # the default ckpt_index_list ["10000"] names nothing
+        assert eval_ckpt_file.checkpoint_paths(eval_ckpt_file.Args(ckpt_file=str(model))) == [str(model)]
+    both = eval_ckpt_file.Args(ckpt_file=str(tmp_path / "ckpt"), ckpt_index_list=["/InsightFace_iter-10000"])
+    assert eval_ckpt_file.checkpoint_paths(both) == [str(tmp_path / "ckpt") + "/InsightFace_iter-10000"]

@@ -332,8 +332,9 @@ def test_eval_ckpt_file_evaluates_a_backbone_pth_with_its_own_preprocessing(torc
         cv2.imwrite(str(tmp_path / "faces" / name), cv2.cvtColor(images[index], cv2.COLOR_RGB2BGR))
     # two folds, each with one matched and one mismatched pair of img0 / img1
     (tmp_path / "pairs.txt").write_text("2\t1\na\t1\t2\na\t1\tb\t1\nb\t1\t2\nb\t2\ta\t2\n")
+    # As the issue writes it: no ckpt_index_list (its default names nothing beside a model file).
     command = [sys.executable, "eval_ckpt_file.py", f"--ckpt_file={torch_files / 'iresnet18' / 'backbone.pth'}",
-               "--ckpt_index_list=[]", f"--eval_dataset={tmp_path / 'faces'}", f"--eval_pair={tmp_path / 'pairs.txt'}",
+               f"--eval_dataset={tmp_path / 'faces'}", f"--eval_pair={tmp_path / 'pairs.txt'}",
                "--flip=none", f"--output_dir={tmp_path / 'eval'}"]
     done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
