@@ -14,8 +14,8 @@ random weights (BN statistics included):
 and OUT/iresnet18_ingraph.onnx: the iresnet18 with its input normalisation inside the graph (Sub 127.5, Mul 1/128 on
 raw pixels), as insightface's MXNet-converted recognisers start.
 
-The networks below re-declare arcface_torch's iresnet / mobilefacenet modules (same module names, so the same
-state_dict keys), written from their structure for these tests only.
+The networks are arcface_torch's iresnet / mobilefacenet as tests/torch_writer.py declares them (same module names,
+so the same state_dict keys); this script runs beside it, as a sibling module.
 """
 
 import json
@@ -28,103 +28,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-
-class IBasicBlock(nn.Module):
-    def __init__(self, inplanes, planes, stride, downsample):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-5)
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes, eps=1e-5)
-        self.prelu = nn.PReLU(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
-        self.downsample = downsample
-
-    def forward(self, x):
-        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
-        return out + (x if self.downsample is None else self.downsample(x))
-
-
-class IResNet(nn.Module):
-    def __init__(self, layers, num_features):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
-        self.prelu = nn.PReLU(64)
-        inplanes = 64
-        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
-            downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes, eps=1e-5))
-            stage = [IBasicBlock(inplanes, planes, 2, downsample)]
-            stage += [IBasicBlock(planes, planes, 1, None) for _ in range(1, blocks)]
-            setattr(self, f"layer{index}", nn.Sequential(*stage))
-            inplanes = planes
-        self.bn2 = nn.BatchNorm2d(512, eps=1e-5)
-        self.dropout = nn.Dropout(p=0.0, inplace=True)
-        self.fc = nn.Linear(512 * 7 * 7, num_features)
-        self.features = nn.BatchNorm1d(num_features, eps=1e-5)
-
-    def forward(self, x):
-        x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.dropout(torch.flatten(self.bn2(x), 1))
-        return self.features(self.fc(x))
-
-
-class Flatten(nn.Module):
-    def forward(self, x):
-        return x.view(x.size(0), -1)
-
-
-class Layers(nn.Module):
-    """arcface_torch's ConvBlock / LinearBlock / Residual / GDC: a module whose children sit in `.layers`."""
-
-    def __init__(self, *modules):
-        super().__init__()
-        self.layers = nn.Sequential(*modules)
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-def conv_block(in_c, out_c, kernel=1, stride=1, padding=0, groups=1, activation=True):
-    """ConvBlock (conv, BN, PReLU) or, without activation, LinearBlock (conv, BN)."""
-    parts = [nn.Conv2d(in_c, out_c, kernel, stride, padding, groups=groups, bias=False), nn.BatchNorm2d(out_c)]
-    return Layers(*parts, nn.PReLU(out_c)) if activation else Layers(*parts)
-
-
-class DepthWise(nn.Module):
-    def __init__(self, in_c, out_c, residual, stride, groups):
-        super().__init__()
-        self.residual = residual
-        self.layers = nn.Sequential(conv_block(in_c, groups), conv_block(groups, groups, 3, stride, 1, groups),
-                                    conv_block(groups, out_c, activation=False))
-
-    def forward(self, x):
-        return x + self.layers(x) if self.residual else self.layers(x)
-
-
-def residual(channels, blocks, groups):
-    return Layers(*[DepthWise(channels, channels, True, 1, groups) for _ in range(blocks)])
-
-
-class MobileFaceNet(nn.Module):
-    """arcface_torch `mbf`: blocks (1, 4, 6, 2), scale 2."""
-
-    def __init__(self, num_features):
-        super().__init__()
-        self.layers = nn.ModuleList([
-            conv_block(3, 128, 3, 2, 1), conv_block(128, 128, 3, 1, 1, groups=64),
-            DepthWise(128, 128, False, 2, 128), residual(128, 4, 128),
-            DepthWise(128, 256, False, 2, 256), residual(256, 6, 256),
-            DepthWise(256, 256, False, 2, 512), residual(256, 2, 256)])
-        self.conv_sep = conv_block(256, 512)
-        self.features = Layers(conv_block(512, 512, 7, groups=512, activation=False), Flatten(),
-                               nn.Linear(512, num_features, bias=False), nn.BatchNorm1d(num_features))
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return self.features(self.conv_sep(x))
+from torch_writer import IResNet, MobileFaceNet
 
 
 class InGraphNormalisation(nn.Module):
