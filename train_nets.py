@@ -10,9 +10,11 @@ Started again with the same Args, a run continues from its latest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -27,6 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from common.logs import add_log_file
 
 if TYPE_CHECKING:
+    from data.augment import Augmentation
     from training.checkpoints import ResumePoint
 
 log = logging.getLogger("train_nets")
@@ -62,6 +65,11 @@ class Args(Config):
     margin_m1: PositiveFloat | None = None
     margin_m2: Annotated[float, Range(0)] | None = None  # combined margin m2 (additive angular); None = default (0.3)
     margin_m3: Annotated[float, Range(0)] | None = None  # combined margin m3 (additive cosine); None = default (0.2)
+    # arcface/combined: the margin only where cos(theta) > 0, plain cos(theta) elsewhere (arcface_torch's easy
+    # margin; replaces the seed's fallback past pi - m); refused for cosface/softmax
+    easy_margin: bool = False
+    # negatives whose cosine exceeds this get logit 0 and no gradient (arcface_torch's interclass filtering); 0 = off
+    interclass_filtering_threshold: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     num_output: NonNegativeInt = 0  # number of classes; 0 = from the training data (the seed hard-coded 85164 for MS1M)
     # --- data (data/) ---
     # identity folders, a train.rec, or TFRecord file(s)/folder/glob
@@ -71,15 +79,49 @@ class Args(Config):
     batch_size: PositiveInt = 32  # global batch (split over the replicas)
     epoch: PositiveInt = 100000  # passes over the training data
     max_steps: NonNegativeInt = 0  # stop after this many steps; 0 = no limit
+    # --- augmentation (data/augment.py), beyond the seed's flip; each a probability per image, 0 = off ---
+    # probability of a random resized crop: a region of aug_crop_area and aug_crop_aspect, resized to image_size
+    aug_crop_prob: Annotated[float, Range(0, 1)] = 0.0
+    # the crop's area as a fraction of the image's, [low, high] (uniform)
+    aug_crop_area: Annotated[list[float], Range(0, 1, low_open=True), Length(2, 2)] = [0.5, 1.0]
+    # the crop's aspect ratio width/height, [low, high] (log-uniform)
+    aug_crop_aspect: Annotated[list[float], Range(0, low_open=True), Length(2, 2)] = [0.75, 1.3333]
+    # probability of the colour jitter: brightness, contrast, saturation, factors in [1 - strength, 1 + strength]
+    aug_colour_prob: Annotated[float, Range(0, 1)] = 0.0
+    aug_brightness: Annotated[float, Range(0, 1)] = 0.2  # brightness strength of the colour jitter; 0 = none
+    aug_contrast: Annotated[float, Range(0, 1)] = 0.2  # contrast strength of the colour jitter; 0 = none
+    aug_saturation: Annotated[float, Range(0, 1)] = 0.2  # saturation strength of the colour jitter; 0 = none
+    aug_grey_prob: Annotated[float, Range(0, 1)] = 0.0  # probability of greyscale (BT.601 luma)
+    aug_blur_prob: Annotated[float, Range(0, 1)] = 0.0  # probability of a Gaussian blur
+    # the blur's sigma in pixels, [low, high] (uniform)
+    aug_blur_sigma: Annotated[list[float], Range(0, low_open=True), Length(2, 2)] = [0.5, 1.5]
+    aug_cutout_prob: Annotated[float, Range(0, 1)] = 0.0  # probability of a cutout (one rectangle filled)
+    # the cutout's side as a fraction of each image side
+    aug_cutout_size: Annotated[float, Range(0, 1, low_open=True)] = 0.3
+    # the cutout's fill: "grey" (128, 0 once normalised) or "noise" (uniform random bytes)
+    aug_cutout_fill: Annotated[str, Choices("grey", "noise")] = "grey"
     # --- optimisation ---
-    # piecewise-constant learning rates
+    # piecewise-constant learning rates ("piecewise"); poly/cosine decay from lr_values[0] (the others unused)
     lr_values: Annotated[list[float], Range(0, low_open=True), Length(1)] = [0.001, 0.0005, 0.0003, 0.0001]
     lr_steps: Annotated[list[int], Range(1)] = [40000, 60000, 80000]  # boundaries between lr_values
     lr_steps_scaled: bool = True  # multiply lr_steps by int(512 / batch_size), as the seed did
     lr_steps_as_seed_ran: bool = False  # halve the boundaries: the iterations where the seed's runs really dropped
+    # "piecewise": the seed's lr_values between lr_steps; "poly" (power 1, arcface_torch) or "cosine": from the peak
+    # lr_values[0] after warm-up down to 0 at the run's last step (epoch x steps per epoch, or max_steps if smaller)
+    lr_schedule: Annotated[str, Choices("piecewise", "poly", "cosine")] = "piecewise"
+    # updates of linear warm-up from 0 to lr_values[0] (update t at lr_values[0] x t / warmup_steps) before any
+    # schedule (piecewise: before its first value, boundaries unchanged); 0 = none
+    warmup_steps: NonNegativeInt = 0
+    # "sgd": momentum SGD, weight_decay as the seed's L2 in the loss; "adamw": AdamW (betas 0.9/0.999, eps 1e-8),
+    # weight_decay as its decoupled factor (arcface_torch: 0.1 with lr 1e-3), no L2 in the loss
+    optimizer: Annotated[str, Choices("sgd", "adamw")] = "sgd"
     momentum: Annotated[float, Range(0, 1)] = 0.9  # SGD momentum
-    # L2 on conv/dense kernels, class weights, norm gammas, PReLU alphas
+    # on conv/dense kernels, class weights, norm gammas, PReLU alphas: sgd's L2 (seed 5e-4), adamw's decoupled factor
     weight_decay: Annotated[float, Range(0)] = 5e-4
+    # largest global norm of the backbone's gradient per update (the head's is not clipped); 0 = off (arcface_torch: 5)
+    clip_grad_norm: Annotated[float, Range(0)] = 0.0
+    # cross-entropy target 1 - eps + eps/C on the label, eps/C on the other classes, over the margin logits; 0 = off
+    label_smoothing: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     # micro-batches per update: batch_size images in batch_size/grad_accum_steps chunks
     grad_accum_steps: PositiveInt = 1
     # "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16"
@@ -114,15 +156,24 @@ class Args(Config):
         return margins_in_use(self.loss, s=self.margin_s, m=self.margin_m, m1=self.margin_m1, m2=self.margin_m2,
                               m3=self.margin_m3)
 
+    def augmentation(self) -> Augmentation:
+        """The training augmentation of the aug_ fields (data.augment); ValueError naming a field out of order."""
+        from data.augment import Augmentation
+
+        return Augmentation.from_args(self.to_dict())
+
 
 def validate_args(args: Args) -> None:
     """Checks what the field rules of Args cannot (one field against another); ValueError naming the keys."""
     from eval.sets import check_custom_set
+    from losses.margins import check_margin_options
 
+    check_margin_options(args.loss, args.easy_margin, args.interclass_filtering_threshold)
     if args.batch_size % args.grad_accum_steps:
         raise ValueError(f"Args: batch_size={args.batch_size} must be a multiple of "
                          f"grad_accum_steps={args.grad_accum_steps}")
     check_custom_set(args.eval_dataset, args.eval_pair)
+    args.augmentation()  # [low, high] pairs in order
 
 
 def train(args: Args, strategy: tf.distribute.Strategy | None = None) -> dict:
@@ -146,7 +197,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     from losses import make_head
     from nets.spec import NetworkSpec
     from training import checkpoints
-    from training.optim import decayed_variables, lr_boundaries, piecewise_schedule
+    from training.optim import decayed_variables, lr_boundaries, make_optimizer, make_schedule
     from training.step import make_train_step, random_state_variables
 
     # --- set-up: seed, replicas, output folders ---
@@ -172,6 +223,9 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     # --- data ---
     data = open_train_data(args.train_dataset_dir, image_size=tuple(args.image_size),
                            channel_order=args.channel_order)
+    augmentation = args.augmentation()
+    if augmentation.enabled:
+        log.info("augmentation beyond the flip: %s", augmentation)
     num_classes = args.num_output or data.num_classes
     if num_classes < data.num_classes:
         raise ValueError(f"Args: num_output={args.num_output} but the training data has {data.num_classes} classes")
@@ -191,14 +245,16 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     # --- network, head, optimiser, checkpoint ---
     with strategy.scope():
         model = NetworkSpec.from_mapping(args.to_dict()).build()
-        head = make_head(args.loss, num_classes, **args.head_margins(), seed=args.seed)
+        head = make_head(args.loss, num_classes, **args.head_margins(), seed=args.seed, easy_margin=args.easy_margin,
+                         interclass_filtering_threshold=args.interclass_filtering_threshold)
         head.build((None, args.embedding_size))
         boundaries = lr_boundaries(args.lr_steps, args.batch_size, args.lr_steps_scaled, args.lr_steps_as_seed_ran)
-        schedule = piecewise_schedule(args.lr_values, boundaries)
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=args.momentum)
+        schedule = make_schedule(args.lr_schedule, args.lr_values, boundaries, args.warmup_steps, total_steps)
+        variables = model.trainable_variables + head.trainable_variables
+        optimizer = make_optimizer(args.optimizer, schedule, variables, momentum=args.momentum,
+                                   weight_decay=args.weight_decay)
         if args.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        variables = model.trainable_variables + head.trainable_variables
         optimizer.build(variables)
     progress = checkpoints.Progress()  # plain host variables, read by the Python loop
     # Keras keeps the dropout RNG state outside the object graph that tf.train.Checkpoint follows: save it
@@ -219,21 +275,29 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     elif args.restore_path:
         checkpoints.restore_for_fine_tuning(model, head, args.restore_path, args.restore_head, released)
     args.save(ckpt_dir / checkpoints.ARGS_FILE)  # only now: a restore that fails leaves the run's args.json as it was
-    log.info("lr %s with boundaries %s; %d weights decayed by %g", args.lr_values, boundaries,
-             len(decayed_variables(variables)), args.weight_decay)
+    if args.lr_schedule == "piecewise":
+        log.info("lr %s with boundaries %s, warm-up %d steps", args.lr_values, boundaries, args.warmup_steps)
+    else:
+        log.info("lr %s: %g after %d warm-up steps to 0 at step %d", args.lr_schedule, args.lr_values[0],
+                 args.warmup_steps, total_steps)
+    log.info("%s; %d weights decayed by %g (%s)", args.optimizer, len(decayed_variables(variables)),
+             args.weight_decay, "decoupled" if args.optimizer == "adamw" else "L2 in the loss")
 
     # --- the loop ---
-    train_step = make_train_step(strategy, model, head, optimizer, global_batch, weight_decay=args.weight_decay,
-                                 grad_accum_steps=args.grad_accum_steps, jit_compile=args.jit_compile)
+    l2_in_loss = args.weight_decay if args.optimizer == "sgd" else 0.0  # adamw decays in its update instead
+    train_step = make_train_step(strategy, model, head, optimizer, global_batch, weight_decay=l2_in_loss,
+                                 grad_accum_steps=args.grad_accum_steps, jit_compile=args.jit_compile,
+                                 clip_grad_norm=args.clip_grad_norm, label_smoothing=args.label_smoothing)
     writer = tf.summary.create_file_writer(str(summary_dir))
     step = int(progress.step)
     metrics: dict[str, float] = {}
-    window_start, window_step = time.perf_counter(), step
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, desc="train")
+    rate = _SampleRate(step, bar)
     with logging_redirect_tqdm(), writer.as_default():
         while step < total_steps:
             epoch, skip = int(progress.epoch), int(progress.batch_in_epoch)
-            batches = data.dataset(global_batch, epoch=epoch, seed=args.seed, skip_batches=skip)
+            batches = data.dataset(global_batch, epoch=epoch, seed=args.seed, skip_batches=skip,
+                                   augmentation=augmentation)
             if replicas > 1:
                 batches = strategy.experimental_distribute_dataset(batches)
             for images, labels in batches:
@@ -245,22 +309,24 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
                     raise FloatingPointError(
                         f"loss is {metrics['total_loss']} at step {step}; last good checkpoint: "
                         f"{last_good or 'none saved yet'}. Lower the learning rate or check the data.")
-                metrics["learning_rate"] = float(schedule(optimizer.iterations))
+                # The rate of the update just applied: the optimiser read it at its count before incrementing it.
+                metrics["learning_rate"] = float(schedule(optimizer.iterations - 1))
                 bar.update(1)
                 show = step % args.show_info_interval == 0 or step == total_steps
                 summarize = step % args.summary_interval == 0
                 if show or summarize:  # samples/s over the steps since the last line or summary
-                    now = time.perf_counter()
-                    metrics["samples_per_sec"] = (step - window_step) * global_batch / max(now - window_start, 1e-9)
-                    window_start, window_step = now, step
+                    metrics["samples_per_sec"] = rate.read(step, global_batch)
                 if show:
                     _show(bar, epoch, step, metrics)
                 if summarize:
                     _write_summaries(step, metrics, model, head)
                 if args.ckpt_interval and step % args.ckpt_interval == 0:
-                    last_good = _save(manager, checkpoints.CHECKPOINT_NAME, step, saved_variables, last_good)
+                    with rate.paused():
+                        last_good = _save(manager, checkpoints.CHECKPOINT_NAME, step, saved_variables, last_good)
                 if args.validate_interval and validation_sets and step % args.validate_interval == 0:
-                    _validate(args, step, model, validation_sets, progress, best_manager, ckpt_dir, saved_variables)
+                    with rate.paused():
+                        _validate(args, step, model, validation_sets, progress, best_manager, ckpt_dir,
+                                  saved_variables)
                 if step >= total_steps:
                     break
             else:
@@ -275,6 +341,30 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
         log.warning("%d unreadable training images were skipped (listed above)", data.num_skipped)
     return {"step": step, **metrics, "checkpoint": last_good,
             "best_accuracy": float(progress.best_accuracy), "best_checkpoint": best_manager.latest_checkpoint}
+
+
+class _SampleRate:
+    """Samples/s over the training steps since the last reading. Saving and validation are paused time, left out of
+    it and out of the bar's rate and ETA, so that the console shows the training speed."""
+
+    def __init__(self, step: int, bar: tqdm) -> None:
+        self.bar = bar
+        self.start, self.step = time.perf_counter(), step
+
+    def read(self, step: int, samples_per_step: int) -> float:
+        now = time.perf_counter()
+        samples_per_sec = (step - self.step) * samples_per_step / max(now - self.start, 1e-9)
+        self.start, self.step = now, step
+        return samples_per_sec
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - started
+            self.bar.unpause()  # tqdm restarts its clock from its last print: the pause is not in its rate
 
 
 def _find_resume_point(args: Args, ckpt_dir: Path) -> ResumePoint:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from align.warp import template_for_size
@@ -17,6 +18,13 @@ from align.warp import template_for_size
 # Fewer of TensorFlow's C++ start-up notices, which every worker process prints (those absl writes before its log is
 # initialised still appear); Python-side warnings and errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# P-net's input window: the smallest face MTCNN finds in the image it is given (a smaller min_face_size makes it
+# upsample that image instead).
+MTCNN_WINDOW_PX = 12
+# Longest side of the copy MTCNN searches (0 = the image itself): a 4352x2903 photo aligns 3.9x faster, its faces
+# under 12 x 4352 / 1280 = 41 px are then missed (docs/alignment.md#large-photos-detect_max_side).
+DEFAULT_DETECT_MAX_SIDE = 1280
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,29 @@ def limit_tensorflow_threads() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+def check_detect_max_side(detect_max_side: int) -> None:
+    """Raises ValueError unless detect_max_side is 0 (full resolution) or a side MTCNN can look at."""
+    if detect_max_side != 0 and detect_max_side < MTCNN_WINDOW_PX:
+        raise ValueError(f"detect_max_side={detect_max_side}: expected 0 (detect at full resolution) or at least "
+                         f"{MTCNN_WINDOW_PX} pixels")
+
+
+def detection_plan(image_shape: tuple[int, ...], detect_max_side: int, min_face_size: float) -> tuple[float, float]:
+    """(scale of the detection copy, min_face_size on that copy) for an image of `image_shape`.
+
+    The copy's longest side is at most detect_max_side (0: no limit; an image within it is never upscaled). The
+    smallest face looked for shrinks with the copy, but not below MTCNN's 12-pixel window: below it MTCNN would
+    upsample the copy again, costing what the full-resolution pass costs. So on a copy of scale s < 1 the smallest
+    face found is max(min_face_size, 12 / s) original pixels.
+    """
+    check_detect_max_side(detect_max_side)
+    longest = max(image_shape[:2])
+    if detect_max_side == 0 or longest <= detect_max_side:
+        return 1.0, float(min_face_size)
+    scale = detect_max_side / longest
+    return scale, max(min_face_size * scale, float(MTCNN_WINDOW_PX))
+
+
 def check_detector_settings(min_face_size: int, thresholds: Sequence[float], scale_factor: float) -> None:
     """Raises ValueError naming the MTCNN setting that is out of range."""
     if min_face_size <= 0:
@@ -51,11 +82,17 @@ def check_detector_settings(min_face_size: int, thresholds: Sequence[float], sca
 
 class FaceDetector:
     """MTCNN with the seed's parameters (facenet's `align_dataset_mtcnn.py`): minsize 20, thresholds
-    [0.6, 0.7, 0.7], pyramid factor 0.709. The `mtcnn` package's own O-net default threshold (0.8) is overridden."""
+    [0.6, 0.7, 0.7], pyramid factor 0.709. The `mtcnn` package's own O-net default threshold (0.8) is overridden.
+
+    detect_max_side > 0: MTCNN searches a copy whose longest side is at most that (cv2.INTER_AREA), with the smallest
+    face scaled as `detection_plan` says; boxes and landmarks are mapped back to the image given. 0: full resolution.
+    """
 
     def __init__(self, min_face_size: int = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-                 scale_factor: float = 0.709) -> None:
+                 scale_factor: float = 0.709, detect_max_side: int = DEFAULT_DETECT_MAX_SIDE) -> None:
         check_detector_settings(min_face_size, thresholds, scale_factor)
+        check_detect_max_side(detect_max_side)
+        self.detect_max_side = detect_max_side
         from mtcnn import MTCNN
 
         self._mtcnn = MTCNN(device="CPU:0")
@@ -63,14 +100,31 @@ class FaceDetector:
                              threshold_rnet=thresholds[1], threshold_onet=thresholds[2])
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        """All faces in an RGB uint8 [H, W, 3] image, in the detector's order (empty list when there is none)."""
+        """All faces in an RGB uint8 [H, W, 3] image, in the detector's order (empty list when there is none), in
+        that image's pixel coordinates whatever copy was searched."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {rgb.dtype} {rgb.shape}")
-        rows = self._mtcnn.detect_faces(rgb, box_format="xyxy", output_type="numpy", **self._options)
+        scale, min_face_size = detection_plan(rgb.shape, self.detect_max_side, self._options["min_face_size"])
+        height, width = rgb.shape[:2]
+        size = (max(round(width * scale), 1), max(round(height * scale), 1))  # (width, height), as OpenCV takes it
+        copy = rgb if scale == 1.0 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        rows = self._mtcnn.detect_faces(copy, box_format="xyxy", output_type="numpy",
+                                        **{**self._options, "min_face_size": min_face_size})
         # Row layout: image index, x1, y1, x2, y2, score, the 5 landmark x, then the 5 landmark y.
         rows = np.asarray(rows, dtype=np.float64).reshape(-1, 16)
-        return [Face(box=row[1:5].copy(), score=float(row[5]), landmarks=np.stack([row[6:11], row[11:16]], axis=1))
+        # Per axis (the copy's sides are rounded), pixel centres to pixel centres: x = (x' + 0.5) * W / W' - 0.5.
+        x_ratio, y_ratio = width / size[0], height / size[1]
+        return [Face(box=to_original(row[1:5].reshape(2, 2), x_ratio, y_ratio).reshape(4), score=float(row[5]),
+                     landmarks=to_original(np.stack([row[6:11], row[11:16]], axis=1), x_ratio, y_ratio))
                 for row in rows]
+
+
+def to_original(points: np.ndarray, x_ratio: float, y_ratio: float) -> np.ndarray:
+    """(x, y) points [N, 2] of a resized copy mapped back to the image it was resized from (ratio = original / copy
+    side), pixel centre onto pixel centre as cv2.resize places them."""
+    if x_ratio == 1.0 and y_ratio == 1.0:
+        return points.copy()
+    return (points + 0.5) * np.array([x_ratio, y_ratio]) - 0.5
 
 
 def pick_central_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face:

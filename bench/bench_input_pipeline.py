@@ -5,8 +5,10 @@
 
 Builds a synthetic data set (data/synthetic.py) in `work_dir` once, packs it as a `.rec`, TFRecord shards and a
 `.bin` of `bin_pairs` pairs, then times one full epoch per format (decode, resize check, flip, normalise, batch) after
-a warm-up epoch, and `load_bin`. Logs a table and writes bench/results/input_pipeline.json. The numbers depend on
-what else runs on the machine: the JSON records the CPU count and the load average before and after.
+a warm-up epoch, and `load_bin`; then one RecordIO epoch per augmentation of data/augment.py at probability 1 (and
+all of them at once), in the same run, as a ratio to the flip-only epoch. Logs the tables and writes
+bench/results/input_pipeline.json. The numbers depend on what else runs on the machine: the JSON records the CPU
+count and the load average before and after.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Annotated
 from config import Config, PositiveInt, Range, RequiredPath, run_script
 import tensorflow as tf
 
+from data.augment import Augmentation
 from data.bin_dataset import load_bin, write_bin
 from data.image_folders import FolderImages
 from data.recordio import write_recordio
 from data.synthetic import generate
 from data.tfrecords import write_tfrecords
-from data.train_data import open_train_data
+from data.train_data import TrainData, open_train_data
 from timing import write_results
 
 log = logging.getLogger("bench_input_pipeline")
@@ -41,6 +44,20 @@ class Args(Config):
     batch_size: PositiveInt = 128  # training batch size
     bin_pairs: PositiveInt = 6000  # pairs of the .bin (12,000 images, LFW's size)
     output_json: RequiredPath = str(RESULTS / "input_pipeline.json")  # results file
+    augmentations: bool = True  # also time one RecordIO epoch per augmentation (each at probability 1)
+
+
+# Each augmentation at probability 1 (the others off), then everything at once; "off" is the flip-only pipeline.
+AUGMENTATIONS = {
+    "off": Augmentation(),
+    "crop": Augmentation(crop_prob=1.0),
+    "colour": Augmentation(colour_prob=1.0),
+    "grey": Augmentation(grey_prob=1.0),
+    "blur": Augmentation(blur_prob=1.0),
+    "cutout grey": Augmentation(cutout_prob=1.0),
+    "cutout noise": Augmentation(cutout_prob=1.0, cutout_fill="noise"),
+    "all": Augmentation(crop_prob=1.0, colour_prob=1.0, grey_prob=1.0, blur_prob=1.0, cutout_prob=1.0),
+}
 
 
 def prepare(args: Args) -> dict[str, Path]:
@@ -69,14 +86,39 @@ def time_epoch(source: Path, batch_size: int) -> dict[str, float]:
     data = open_train_data(str(source))
     for _ in data.dataset(batch_size, epoch=0, seed=0):
         pass
+    return time_warm_epoch(data, batch_size, Augmentation())
+
+
+def time_warm_epoch(data: TrainData, batch_size: int, augmentation: Augmentation) -> dict[str, float]:
+    """The figures of `time_epoch` for epoch 1 of `data` (already warm) with `augmentation`."""
     start, cpu_start = time.perf_counter(), time.process_time()
     count = 0
-    for images, _ in data.dataset(batch_size, epoch=1, seed=0):
+    for images, _ in data.dataset(batch_size, epoch=1, seed=0, augmentation=augmentation):
         count += int(images.shape[0])
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {"images": count, "seconds": round(seconds, 3), "images_per_second": round(count / seconds, 1),
             "cpu_microseconds_per_image": round(cpu_seconds / count * 1e6, 1),
             "images_per_cpu_second": round(count / cpu_seconds, 1)}
+
+
+def time_augmentations(source: Path, batch_size: int) -> dict[str, dict[str, float]]:
+    """`time_warm_epoch` of each of AUGMENTATIONS on one warm data set, with its ratio to the flip-only epoch."""
+    data = open_train_data(str(source))
+    for _ in data.dataset(batch_size, epoch=0, seed=0):
+        pass
+    results = {name: time_warm_epoch(data, batch_size, augmentation) for name, augmentation in AUGMENTATIONS.items()}
+    for row in results.values():
+        row["ratio_to_off"] = round(row["images_per_second"] / results["off"]["images_per_second"], 3)
+        row["cpu_ratio_to_off"] = round(row["images_per_cpu_second"] / results["off"]["images_per_cpu_second"], 3)
+    return results
+
+
+def log_augmentations(results: dict[str, dict[str, float]]) -> None:
+    log.info("%-13s %10s %8s %14s %16s %10s", "augmentation", "images/s", "ratio", "CPU us/image",
+             "images/CPU-second", "CPU ratio")
+    for name, row in results.items():
+        log.info("%-13s %10.1f %8.3f %14.1f %16.1f %10.3f", name, row["images_per_second"], row["ratio_to_off"],
+                 row["cpu_microseconds_per_image"], row["images_per_cpu_second"], row["cpu_ratio_to_off"])
 
 
 def time_bin(path: Path) -> dict[str, float]:
@@ -91,6 +133,8 @@ def main(args: Args) -> None:
     load_before = os.getloadavg()
     results = {fmt: time_epoch(paths[fmt], args.batch_size) for fmt in ("folder", "recordio", "tfrecord")}
     results["bin"] = time_bin(paths["bin"])
+    if args.augmentations:
+        results["augmentation"] = time_augmentations(paths["recordio"], args.batch_size)
     load_after = os.getloadavg()
     log.info("%-9s %8s %9s %10s %14s %16s", "format", "images", "seconds", "images/s", "CPU us/image",
              "images/CPU-second")
@@ -102,6 +146,8 @@ def main(args: Args) -> None:
              results["bin"]["seconds"], "-", results["bin"]["megabytes"])
     log.info("conditions: %d CPUs, load average %.2f before / %.2f after (1 min), batch %d",
              os.cpu_count(), load_before[0], load_after[0], args.batch_size)
+    if args.augmentations:
+        log_augmentations(results["augmentation"])
     report = {"results": results, "batch_size": args.batch_size, "image_size": [112, 112],
               "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after,
               "tensorflow": tf.__version__, "python": platform.python_version(), "args": args.to_dict()}

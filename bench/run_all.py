@@ -155,9 +155,18 @@ def summarise_export(report: dict) -> tuple[list[tuple[str, str, str]], str]:
     return rows, report.get("machine", "")
 
 
+def summarise_peer(report: dict) -> tuple[list[tuple[str, str, str]], str]:
+    rows = [(f"{r['mode']} {r['precision']} batch {r['batch']}, ours / PyTorch",
+             f"{r['images_per_second']:.1f} / {r['torch_images_per_second']:.1f} img/s = {r['ratio']:.2f}x", "")
+            for r in report["results"] if r["ratio"] is not None]
+    conditions = (f"TensorFlow {report['tensorflow']}, PyTorch {report['torch']} on {report['device']}, "
+                  f"{_load(report, 'conditions_before', 'conditions_after')}")
+    return rows, conditions
+
+
 SUMMARISERS: dict[str, Callable[[dict], tuple[list[tuple[str, str, str]], str]]] = {
     "model": summarise_model, "memory": summarise_memory, "input_pipeline": summarise_input_pipeline,
-    "eval": summarise_eval, "align": summarise_align, "export": summarise_export,
+    "eval": summarise_eval, "align": summarise_align, "export": summarise_export, "peer": summarise_peer,
 }
 
 

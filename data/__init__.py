@@ -2,6 +2,7 @@
 
 Modules:
     train_data     open_train_data(source) -> TrainData: one tf.data pipeline for every training format
+    augment        Augmentation: crop, colour, greyscale, blur, cutout, fixed per (seed, epoch, batch)
     image_folders  folder of identity folders (label = index of the sorted folder names)
     recordio       MXNet RecordIO (.rec/.idx/property) in pure Python: read_recordio, write_recordio
     tfrecords      the seed's TFRecord schema (image_raw, label): writer, indexed reader

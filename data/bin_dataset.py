@@ -6,7 +6,8 @@ images as `str`, read here as bytes (`encoding="bytes"`).
 A pickle can run any function while it loads, so `.bin` files are read with a restricted unpickler: it builds
 only what such a file holds (tuples, lists, bytes, bools, ints, and numpy arrays of those) and refuses, before
 anything runs, every other class or callable a file asks for. Images stay uint8 (12,000 LFW images at 112x112 take
-0.45 GB; the seed built two float64 arrays of 3.6 GB each); the evaluator flips them on the fly.
+0.45 GB; the seed built two float64 arrays of 3.6 GB each); the evaluator flips them on the fly, and keeps an
+image that several pairs share once (load_bin_distinct).
 
 A small `.bin` can declare huge images (PNG compresses a blank 10^8-pixel image to 100 kB): before anything is
 decoded, every image header is read and the file is refused when one image is over data.image_io.MAX_IMAGE_PIXELS or
@@ -21,7 +22,7 @@ import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence
 
 import numpy as np
 
@@ -142,8 +143,26 @@ def check_declared_size(encoded: Sequence[bytes], path: Path) -> None:
                          f"load it")
 
 
-def load_bin(path: str | Path, image_size: Sequence[int] | None = (112, 112)) -> tuple[np.ndarray, np.ndarray]:
-    """Loads a `.bin` verification set.
+def distinct_rows(keys: Sequence[Hashable]) -> tuple[list[int], np.ndarray]:
+    """Groups equal keys: the positions of each distinct key's first occurrence, and for every key the index of its
+    group among those (int64 [len(keys)]), so that keys[firsts[rows[i]]] == keys[i]."""
+    row_of: dict[Hashable, int] = {}
+    firsts: list[int] = []
+    rows = np.empty(len(keys), dtype=np.int64)
+    for position, key in enumerate(keys):
+        if key not in row_of:
+            row_of[key] = len(firsts)
+            firsts.append(position)
+        rows[position] = row_of[key]
+    return firsts, rows
+
+
+def load_bin_distinct(path: str | Path, image_size: Sequence[int] | None = (112, 112)
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Loads a `.bin` verification set, decoding each distinct image once.
+
+    A `.bin` stores the two images of every pair, so an image in 20 pairs is stored 20 times; identical encoded
+    bytes are the same image (exact, and far cheaper than comparing pixels), kept once.
 
     Args:
         path: the `.bin` file.
@@ -151,34 +170,47 @@ def load_bin(path: str | Path, image_size: Sequence[int] | None = (112, 112)) ->
             size, which must then be the same for all images.
 
     Returns:
-        (images, issame): RGB uint8 [2P, H, W, 3] with pair k = images 2k and 2k+1, and bool [P].
+        (images, pair_rows, issame): the distinct images, RGB uint8 [N, H, W, 3] in order of first appearance;
+        int64 [P, 2], pair k = images[pair_rows[k, 0]] and images[pair_rows[k, 1]]; bool [P].
 
     Raises:
         UnsafePickleError (a ValueError): the file asks for a class or function a `.bin` never holds; nothing of
             it was run.
-        ValueError: the file is not a `.bin`, or an image cannot be decoded (named by index).
+        ValueError: the file is not a `.bin`, or an image cannot be decoded (named by its index in the file).
     """
     path = Path(path)
     encoded, issame = read_bin(path)
     if not encoded:
         raise ValueError(f"{path}: the .bin holds no pairs")
-    check_declared_size(encoded, path)
+    check_declared_size(encoded, path)  # what the file declares, repeats included: refused before any decoding
+    firsts, rows = distinct_rows(encoded)
     target = tuple(int(side) for side in image_size) if image_size is not None else None
 
     def decode(index: int) -> np.ndarray:
         return decode_to_size(encoded[index], f"{path} image {index}", target)
 
     with ThreadPoolExecutor(_DECODE_THREADS) as pool:
-        first = decode(0)
-        images = np.empty((len(encoded), *first.shape), dtype=np.uint8)
+        first = decode(firsts[0])
+        images = np.empty((len(firsts), *first.shape), dtype=np.uint8)
         images[0] = first
-        for index, image in enumerate(pool.map(decode, range(1, len(encoded))), start=1):
+        for row, image in enumerate(pool.map(decode, firsts[1:]), start=1):
             if image.shape != first.shape:
-                raise ValueError(f"{path}: image {index} is {image.shape[:2]}, image 0 is {first.shape[:2]}; "
+                raise ValueError(f"{path}: image {firsts[row]} is {image.shape[:2]}, image 0 is {first.shape[:2]}; "
                                  f"pass image_size to resize them")
-            images[index] = image
-    log.info("%s: %d pairs (%d same), images %s", path, len(issame), int(issame.sum()), images.shape[1:3])
-    return images, issame
+            images[row] = image
+    log.info("%s: %d pairs (%d same), %d distinct of %d images, %s", path, len(issame), int(issame.sum()),
+             len(firsts), len(encoded), images.shape[1:3])
+    return images, rows.reshape(-1, 2), issame
+
+
+def load_bin(path: str | Path, image_size: Sequence[int] | None = (112, 112)) -> tuple[np.ndarray, np.ndarray]:
+    """Loads a `.bin` verification set in its stored layout (load_bin_distinct, then every pair's two images).
+
+    Returns:
+        (images, issame): RGB uint8 [2P, H, W, 3] with pair k = images 2k and 2k+1, and bool [P].
+    """
+    images, pair_rows, issame = load_bin_distinct(path, image_size)
+    return images[pair_rows.reshape(-1)], issame
 
 
 def write_bin(path: str | Path, encoded_images: list[bytes], issame: Sequence[bool]) -> Path:

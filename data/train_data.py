@@ -7,9 +7,9 @@
 
 Each epoch is one pass over a permutation of the WHOLE index fixed by (seed, epoch) (the seed shuffled a 10k buffer
 over records ordered by identity, which barely mixes them), in batches of `batch_size` (the last partial batch is
-dropped). The random left-right flip is fixed by (seed, epoch, batch), so `dataset(..., skip_batches=k)` yields
-exactly the batches k, k+1, ... of the uninterrupted epoch: resuming a run mid-epoch sees the same data. Skipped
-batches are never read.
+dropped). The random left-right flip, and the other augmentation (data.augment) when asked for, is fixed by
+(seed, epoch, batch), so `dataset(..., skip_batches=k)` yields exactly the batches k, k+1, ... of the uninterrupted
+epoch: resuming a run mid-epoch sees the same data. Skipped batches are never read.
 
 A batch is read and decoded by a numpy function (OpenCV decodes with the GIL released; tf.data runs several batches
 in parallel), which lets an unreadable, corrupt or truncated image be skipped instead of stopping the run: it is
@@ -36,6 +36,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from common.files import write_replacing
+from data.augment import Augmentation
 from data.image_folders import FolderImages, is_utf8
 from data.image_io import decode_to_size
 from data.preprocess import check_channel_order, normalize
@@ -220,11 +221,13 @@ class TrainData:
             raise ValueError(f"{self.images.describe(position)}: label {label} outside [0, {self.num_classes})")
         return decode_to_size(encoded, self.images.describe(position), self.image_size), label
 
-    def load_batch(self, positions: np.ndarray, flip_seed: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, bool]:
+    def load_batch(self, positions: np.ndarray, flip_seed: Sequence[int] | None,
+                   augmentation: Augmentation | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
         """Reads and decodes the samples at `positions`: (RGB uint8 [B,H,W,3], int64 labels [B], usable).
 
         Unreadable samples are replaced by readable ones of the same batch; `usable` is False when none is readable.
-        With `flip_seed`, each image is flipped left-right with probability 1/2 drawn from that seed.
+        With `flip_seed`, each image is flipped left-right with probability 1/2 drawn from that seed, after
+        `augmentation` (if any) drew from the same generator (the draw order is data.augment's).
         """
         height, width = self.image_size
         images = np.empty((len(positions), height, width, 3), dtype=np.uint8)
@@ -246,13 +249,16 @@ class TrainData:
         replacements = good_rows[np.arange(len(bad_rows)) % len(good_rows)]
         images[bad_rows], labels[bad_rows] = images[replacements], labels[replacements]
         if flip_seed is not None:
-            flips = np.random.default_rng(list(flip_seed)).random(len(positions)) < 0.5
+            rng = np.random.default_rng(list(flip_seed))
+            flips = rng.random(len(positions)) < 0.5  # drawn first: the flips of the flip-only pipeline
+            if augmentation is not None and augmentation.enabled:
+                augmentation.apply(images, rng)
             for row in np.flatnonzero(flips):
                 cv2.flip(images[row], 1, dst=images[row])  # 20x faster than numpy's reversed-stride copy
         return images, labels, True
 
     def dataset(self, batch_size: int, epoch: int, seed: int, skip_batches: int = 0,
-                augment: bool = True) -> tf.data.Dataset:
+                augment: bool = True, augmentation: Augmentation | None = None) -> tf.data.Dataset:
         """One epoch of `(images float32 [batch_size, H, W, 3] normalised in channel_order, labels int64 [batch_size])`.
 
         Args:
@@ -260,7 +266,8 @@ class TrainData:
             epoch: epoch number (>= 0); with `seed` it fixes the order and the flips.
             seed: run seed (>= 0).
             skip_batches: batches of this epoch already consumed (resume); they are not read.
-            augment: random left-right flip (the seed's only augmentation).
+            augment: random left-right flip (the seed's only augmentation); False also leaves out `augmentation`.
+            augmentation: the other random operations (data.augment), fixed like the flips by (seed, epoch, batch).
         """
         num_batches = self.batches_per_epoch(batch_size) if batch_size > 0 else 0
         if batch_size < 1 or num_batches == 0:
@@ -277,7 +284,7 @@ class TrainData:
         def load(batch_index: np.int64) -> tuple[np.ndarray, np.ndarray, bool]:
             start = int(batch_index) * batch_size
             flip_seed = (seed, epoch, int(batch_index)) if augment else None
-            batch = self.load_batch(order[start:start + batch_size], flip_seed)
+            batch = self.load_batch(order[start:start + batch_size], flip_seed, augmentation)
             with self._skipped_lock:
                 this_pass["batches_left"] -= 1
                 this_pass["usable"] += int(batch[2])

@@ -34,9 +34,21 @@ def _embed(embed_fn: EmbedFn, rgb_batch: np.ndarray, preprocessing: Preprocessin
     return embeddings
 
 
+def _check_weights(weights: np.ndarray | None, num_images: int) -> np.ndarray:
+    """The XNorm weight of each image: ones when none are given; ValueError unless [N] finite, >= 0, not all 0."""
+    if weights is None:
+        return np.ones(num_images)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (num_images,) or not np.all(np.isfinite(weights) & (weights >= 0)) or not weights.any():
+        raise ValueError(f"weights must be [{num_images}] finite values >= 0, not all 0 (one per image); received "
+                         f"shape {weights.shape}")
+    return weights
+
+
 def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_size: int,
                        preprocessing: Preprocessing | str | None = "BGR",
-                       flip: str = "sum", description: str = "embeddings") -> tuple[np.ndarray, float]:
+                       flip: str = "sum", description: str = "embeddings",
+                       weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Embeds every image (and its left-right mirror) and returns L2-normalised float64 embeddings and XNorm.
 
     Args:
@@ -53,10 +65,13 @@ def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_si
             "concat": [L2(emb(image)), L2(emb(mirror))] / sqrt(2) (facenet's concatenation, scaled to unit norm so
             squared distances stay in [0, 4], half of facenet's).
         description: label of the progress bar.
+        weights: [N] how many times each image counts in XNorm (None: once each). A verification set that holds
+            each distinct image once passes how many pair slots each fills, so that XNorm stays the seed's mean over
+            the two images of every pair.
 
     Returns:
-        embeddings [N, D] ([N, 2D] for "concat"), rows of unit norm; XNorm = the mean L2 norm of the raw embeddings
-        of all images embedded (mirrors included), the seed's statistic.
+        embeddings [N, D] ([N, 2D] for "concat"), rows of unit norm; XNorm = the (weighted) mean L2 norm of the raw
+        embeddings of the images embedded, mirrors included: the seed's statistic.
     """
     if preprocessing is not None:
         preprocessing = as_preprocessing(preprocessing)  # checked once, not per batch
@@ -67,6 +82,7 @@ def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_si
                          f"{images_uint8_rgb.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, received {batch_size}")
+    weights = _check_weights(weights, len(images_uint8_rgb))
     parts: list[np.ndarray] = []
     norm_sum, norm_count = 0.0, 0
     for start in tqdm(range(0, len(images_uint8_rgb), batch_size), desc=description, unit="batch", leave=False):
@@ -74,9 +90,10 @@ def compute_embeddings(embed_fn: EmbedFn, images_uint8_rgb: np.ndarray, batch_si
         views = [_embed(embed_fn, batch, preprocessing, start)]
         if flip != "none":
             views.append(_embed(embed_fn, batch[:, :, ::-1], preprocessing, start))
+        batch_weights = weights[start:start + batch_size]
         for view in views:
-            norm_sum += float(np.linalg.norm(view, axis=1).sum())
-            norm_count += len(view)
+            norm_sum += float(np.linalg.norm(view, axis=1) @ batch_weights)
+            norm_count += float(batch_weights.sum())
         if flip == "sum":
             parts.append(views[0] + views[1])
         elif flip == "concat":

@@ -97,7 +97,7 @@ def _pair_names(entry: dict[str, Any]) -> list[str]:
 def _show_pair(axes: Any, vset: VerificationSet, entry: dict[str, Any]) -> None:
     k = entry["pair"]
     axes.set_axis_off()
-    axes.imshow(np.hstack([vset.images[2 * k], vset.images[2 * k + 1]]))
+    axes.imshow(np.hstack(vset.images[vset.pair_rows[k]]))
     verdict = "ERROR" if entry["error"] else "correct"
     first, second = _pair_names(entry)
     axes.set_title(f"pair {k}: d={entry['distance']:.3f} (cos {entry['cosine']:.3f})\n"

@@ -1,8 +1,12 @@
 """A verification set (image pairs + ground truth) and one protocol run on it, for training validation and eval.
 
 Sets come from an InsightFace `.bin` file (lfw, cfp_fp, agedb_30, ...) or from an identity folder with a pairs file.
-`run_verification` embeds the images (with their mirrors), runs the 10-fold protocol and logs the seed's lines
-``[<name>][<step>]XNorm: ...`` and ``[<name>][<step>]Accuracy-Flip: ...+-...`` plus VAL@FAR, AUC and EER.
+A set holds each distinct image once (a file of a pairs file, identical encoded bytes of a `.bin`) and, per pair,
+the rows of its two images: LFW's 6,000 pairs hold 7,701 distinct images of 12,000, a small custom set can reuse each
+image in 20 pairs. `run_verification` embeds each distinct image (with its mirror) once, takes the pairs' embeddings
+by row, runs the 10-fold protocol and logs the seed's lines ``[<name>][<step>]XNorm: ...`` and
+``[<name>][<step>]Accuracy-Flip: ...+-...`` plus VAL@FAR, AUC and EER: the numbers of embedding every pair's two
+images, at a fraction of the embedding work.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from common.preprocessing import Preprocessing, as_preprocessing
 from common.sizes import image_size_pair
-from data.bin_dataset import load_bin
+from data.bin_dataset import distinct_rows, load_bin_distinct
 from data.image_io import read_rgb
 from eval.embeddings import EmbedFn, compute_embeddings
 from eval.pairs import load_pair_images
@@ -30,14 +34,17 @@ HARDEST_LISTED = 10  # hardest false matches / non-matches listed in a report
 
 @dataclass
 class VerificationSet:
-    """Pairs of images: images[2k], images[2k+1] form pair k, issame[k] says whether they show one identity.
+    """Pairs of images, each image held once: pair k compares images[pair_rows[k, 0]] with images[pair_rows[k, 1]],
+    issame[k] says whether they show one identity.
 
     Attributes:
         name: label used in logs and reports (e.g. "lfw").
-        images: uint8 RGB [2P, H, W, 3].
+        images: uint8 RGB [N, H, W, 3].
         issame: bool [P].
-        paths: the 2P source files, when the set was read from files.
+        paths: the N source files of `images`, when the set was read from files.
         num_folds: folds announced by the pairs file header (None: the protocol's 10).
+        pair_rows: int [P, 2], rows of `images`; None: `images` are the 2P images of the pairs in order (pair k =
+            rows 2k and 2k+1, the `.bin` layout).
     """
 
     name: str
@@ -45,16 +52,27 @@ class VerificationSet:
     issame: np.ndarray
     paths: list[str] | None = None
     num_folds: int | None = None
+    pair_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.issame = np.asarray(self.issame).astype(bool)
         images = self.images
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"{self.name}: images must be uint8 RGB [2P, H, W, 3], received {images.dtype} "
+            raise ValueError(f"{self.name}: images must be uint8 RGB [N, H, W, 3], received {images.dtype} "
                              f"{images.shape}")
-        if self.issame.ndim != 1 or images.shape[0] != 2 * self.issame.shape[0]:
-            raise ValueError(f"{self.name}: {images.shape[0]} images for {self.issame.shape[0]} pairs; expected 2 "
-                             "images per pair")
+        if self.issame.ndim != 1:
+            raise ValueError(f"{self.name}: issame must be one bool per pair, received shape {self.issame.shape}")
+        if self.pair_rows is None:
+            if images.shape[0] != 2 * self.num_pairs:
+                raise ValueError(f"{self.name}: {images.shape[0]} images for {self.num_pairs} pairs; expected 2 "
+                                 "images per pair, or pair_rows")
+            self.pair_rows = np.arange(2 * self.num_pairs).reshape(-1, 2)
+        self.pair_rows = np.asarray(self.pair_rows)
+        rows = self.pair_rows
+        if rows.shape != (self.num_pairs, 2) or rows.dtype.kind not in "iu" or (
+                rows.size and not 0 <= rows.min() <= rows.max() < images.shape[0]):
+            raise ValueError(f"{self.name}: pair_rows must be integer [{self.num_pairs}, 2] rows of the "
+                             f"{images.shape[0]} images, received {rows.dtype} {rows.shape}")
         if self.paths is not None and len(self.paths) != images.shape[0]:
             raise ValueError(f"{self.name}: {len(self.paths)} paths for {images.shape[0]} images")
 
@@ -62,10 +80,23 @@ class VerificationSet:
     def num_pairs(self) -> int:
         return int(self.issame.shape[0])
 
+    @property
+    def pair_paths(self) -> list[str] | None:
+        """The two files of every pair, pair k at 2k and 2k+1 (None for a set not read from files)."""
+        if self.paths is None:
+            return None
+        return [self.paths[row] for row in self.pair_rows.reshape(-1)]
+
+    @property
+    def pair_counts(self) -> np.ndarray:
+        """[N] how many pair slots each image fills: its weight in the seed's XNorm over the 2P pair images."""
+        return np.bincount(self.pair_rows.reshape(-1), minlength=self.images.shape[0])
+
 
 def load_bin_set(path: str | Path, image_size: int | Sequence[int] = (112, 112),
                  name: str | None = None) -> VerificationSet:
-    """Reads an InsightFace `.bin` set (encoded images + issame) with data.bin_dataset.load_bin.
+    """Reads an InsightFace `.bin` set (encoded images + issame) with data.bin_dataset.load_bin_distinct: an image
+    stored for several pairs (identical encoded bytes) is decoded and held once.
 
     Args:
         path: the `.bin` file.
@@ -73,13 +104,13 @@ def load_bin_set(path: str | Path, image_size: int | Sequence[int] = (112, 112),
         name: label in logs and reports (default: the file name without extension, e.g. "lfw").
     """
     path = Path(path)
-    images, issame = load_bin(path, image_size_pair(image_size))
-    return VerificationSet(name or path.stem, images, issame)
+    images, pair_rows, issame = load_bin_distinct(path, image_size_pair(image_size))
+    return VerificationSet(name or path.stem, images, issame, pair_rows=pair_rows)
 
 
 def load_pairs_set(data_dir: str | Path, pairs_path: str | Path, image_size: int | Sequence[int] = (112, 112),
                    name: str | None = None, skip_missing: bool = False) -> VerificationSet:
-    """Reads the images of a pairs file (see eval.pairs) from an identity folder.
+    """Reads the images of a pairs file (see eval.pairs) from an identity folder, each file once.
 
     Args:
         data_dir: one folder per identity.
@@ -94,8 +125,9 @@ def load_pairs_set(data_dir: str | Path, pairs_path: str | Path, image_size: int
     if pairs.num_folds is not None and pairs.num_pairs < pairs.num_folds:
         raise ValueError(f"{pairs_path}: its header announces {pairs.num_folds} folds, but only {pairs.num_pairs} "
                          f"pairs have two readable images under {data_dir}, fewer than one per fold")
-    return VerificationSet(name or Path(pairs_path).stem, np.stack(pairs.images), pairs.issame,
-                           [str(p) for p in pairs.paths], pairs.num_folds)
+    firsts, rows = distinct_rows(pairs.paths)
+    return VerificationSet(name or Path(pairs_path).stem, np.stack([pairs.images[i] for i in firsts]), pairs.issame,
+                           [str(pairs.paths[i]) for i in firsts], pairs.num_folds, rows.reshape(-1, 2))
 
 
 def check_custom_set(data_dir: str | Path, pairs_path: str | Path) -> None:
@@ -118,7 +150,8 @@ def load_verification_sets(bin_names: Sequence[str], bin_folder: str | Path, dat
 
 
 def _hardest(result: VerificationResult, paths: list[str] | None, same: bool) -> list[dict[str, Any]]:
-    """The most wrongly placed pairs of one class: matched pairs farthest apart, mismatched pairs closest."""
+    """The most wrongly placed pairs of one class: matched pairs farthest apart, mismatched pairs closest. `images`
+    are the pair's positions 2k, 2k+1 in the file (a `.bin`'s image indices), `paths` its two files."""
     indices = np.flatnonzero(result.issame == same)
     order = indices[np.argsort(-result.distances[indices] if same else result.distances[indices], kind="stable")]
     listed = []
@@ -169,7 +202,9 @@ def result_report(result: VerificationResult, name: str, step: int | str | None 
 def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int,
                      preprocessing: Preprocessing | str = "BGR", flip: str = "sum", num_folds: int | None = None,
                      step: int | str | None = None, embeds_pixels: bool = False) -> dict[str, Any]:
-    """Embeds `vset`, runs the protocol, logs the seed's lines and returns the report dict (see `result_report`).
+    """Embeds each image of `vset` once, runs the protocol on its pairs, logs the seed's lines and returns the report
+    dict (see `result_report`): the numbers of embedding the two images of every pair, XNorm included (weighted by
+    VerificationSet.pair_counts, the seed's mean over the 2P pair images).
 
     Args:
         embed_fn: float32 normalised batch -> [b, D] embeddings (see eval.embeddings.compute_embeddings).
@@ -185,8 +220,8 @@ def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int,
     """
     num_folds = num_folds or vset.num_folds or DEFAULT_NUM_FOLDS
     embeddings, xnorm = compute_embeddings(embed_fn, vset.images, batch_size, None if embeds_pixels else preprocessing,
-                                           flip, description=f"{vset.name} embeddings")
-    result = verify(embeddings, vset.issame, num_folds)
+                                           flip, description=f"{vset.name} embeddings", weights=vset.pair_counts)
+    result = verify(embeddings[vset.pair_rows.reshape(-1)], vset.issame, num_folds)
     tag = f"[{vset.name}][{step}]"
     log.info("%sXNorm: %f", tag, xnorm)
     label = "Accuracy" if flip == "none" else "Accuracy-Flip"
@@ -194,7 +229,7 @@ def run_verification(embed_fn: EmbedFn, vset: VerificationSet, batch_size: int,
     log.info("%sVAL@FAR=%g: %1.5f+-%1.5f (FAR %1.5f)%s", tag, result.far_target, result.val, result.val_std,
                 result.far, "" if result.val_measurable else " not measurable: too few mismatched pairs")
     log.info("%sAUC: %1.5f EER: %1.5f", tag, result.auc, result.eer)
-    report = result_report(result, vset.name, step, xnorm, vset.paths)
+    report = result_report(result, vset.name, step, xnorm, vset.pair_paths)
     preprocessing = as_preprocessing(preprocessing)
     report.update(flip=flip, channel_order=preprocessing.channel_order,
                   normalisation={"mean": preprocessing.mean, "scale": preprocessing.scale})

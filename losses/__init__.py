@@ -3,7 +3,7 @@ that owns the class weights (margin_head, built for training by make_head)."""
 
 from losses.face_losses import arcface_logits, combined_margin_logits, cosface_logits, softmax_logits
 from losses.margin_head import MarginHead, make_head, sparse_softmax_cross_entropy
-from losses.margins import DEFAULT_MARGINS, LOSSES, margins_in_use
+from losses.margins import DEFAULT_MARGINS, LOSSES, check_margin_options, margins_in_use
 
 __all__ = ["arcface_logits", "cosface_logits", "combined_margin_logits", "softmax_logits", "DEFAULT_MARGINS", "LOSSES",
-           "MarginHead", "make_head", "margins_in_use", "sparse_softmax_cross_entropy"]
+           "MarginHead", "check_margin_options", "make_head", "margins_in_use", "sparse_softmax_cross_entropy"]

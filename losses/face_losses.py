@@ -11,6 +11,13 @@ Target-logit formulas (theta = angle between embedding and its class column; oth
 * CosFace:   s*(cos(theta) - m);
 * combined:  s*(cos(m1*theta + m2) - m3) (insightface's combined margin; no fallback, as in the seed);
 * softmax:   plain logits embeddings @ weights, no normalisation, no margin.
+
+Two options of arcface_torch's CombinedMarginLoss (both off by default, as in the seed):
+
+* easy_margin (ArcFace, combined): the target gets the margin only where cos(theta) > 0 and stays s*cos(theta)
+  elsewhere, in place of ArcFace's fallback past pi - m;
+* interclass_filtering_threshold t > 0 (every margin loss): a negative (non-label) cosine above t is set to 0 before
+  the margin, so its logit is 0 and no gradient flows to it or to its class column from that row.
 """
 
 from __future__ import annotations
@@ -46,8 +53,9 @@ def _safe_sine(cos):
     return ops.where(positive, ops.sqrt(ops.where(positive, sin_sq, 1.0)), 0.0)
 
 
-def _target_cosine(cos, m1: float, m2: float, m3: float, arcface_fallback: bool):
-    """cos(m1*theta + m2) - m3 for every entry of cos; with the ArcFace fallback where theta + m2 passes pi."""
+def _target_cosine(cos, m1: float, m2: float, m3: float, arcface_fallback: bool, easy_margin: bool):
+    """cos(m1*theta + m2) - m3 for every entry of cos; where cos <= 0 plain cos with easy_margin, else with the
+    ArcFace fallback where theta + m2 passes pi."""
     if m1 == 1.0:
         # cos(theta + m2) by the angle-sum identity: exact and smooth at |cos| = 1, unlike acos.
         target = cos if m2 == 0.0 else cos * math.cos(m2) - _safe_sine(cos) * math.sin(m2)
@@ -56,14 +64,24 @@ def _target_cosine(cos, m1: float, m2: float, m3: float, arcface_fallback: bool)
         theta = ops.arccos(ops.clip(cos, -1.0 + eps, 1.0 - eps))
         target = ops.cos(m1 * theta + m2)
     target = target - m3
+    if easy_margin:
+        return ops.where(cos > 0.0, target, cos)
     if arcface_fallback:
         threshold = math.cos(math.pi - m2)
         target = ops.where(cos > threshold, target, cos - m2 * math.sin(m2))
     return target
 
 
+def filter_interclass(cos, label_mask, threshold: float):
+    """cos with every negative above `threshold` set to 0 (arcface_torch's interclass filtering): those entries
+    take no gradient, and the label column is never filtered. label_mask: [N, C] one-hot float32 of the labels."""
+    filtered = ops.logical_and(cos > threshold, label_mask == 0.0)
+    return ops.where(filtered, 0.0, cos)
+
+
 def margin_logits(cos, labels, *, s: float, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
-                  arcface_fallback: bool = False):
+                  arcface_fallback: bool = False, easy_margin: bool = False,
+                  interclass_filtering_threshold: float = 0.0):
     """s * cos with the margin applied to the label column: the common core of every margin head.
 
     Args:
@@ -72,30 +90,41 @@ def margin_logits(cos, labels, *, s: float, m1: float = 1.0, m2: float = 0.0, m3
         s: scale.
         m1, m2, m3: combined margin cos(m1*theta + m2) - m3.
         arcface_fallback: use s*(cos - m2*sin(m2)) where cos <= cos(pi - m2), as the seed's ArcFace did.
+        easy_margin: instead, no margin where cos <= 0 (the target logit stays s*cos there).
+        interclass_filtering_threshold: > 0: negatives whose cosine exceeds it are set to 0 (filter_interclass).
     """
     mask = ops.one_hot(ops.cast(labels, "int32"), ops.shape(cos)[-1], dtype="float32")
-    target = _target_cosine(cos, m1, m2, m3, arcface_fallback)
+    if interclass_filtering_threshold > 0.0:
+        cos = filter_interclass(cos, mask, interclass_filtering_threshold)
+    target = _target_cosine(cos, m1, m2, m3, arcface_fallback, easy_margin)
     return s * (cos + mask * (target - cos))
 
 
 def arcface_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["arcface"]["s"],
-                   m: float = DEFAULT_MARGINS["arcface"]["m"]):
-    """ArcFace (additive angular margin) logits [N, C], with the seed's fallback past theta = pi - m."""
-    return margin_logits(cosine(embeddings, weights), labels, s=s, m2=m, arcface_fallback=True)
+                   m: float = DEFAULT_MARGINS["arcface"]["m"], easy_margin: bool = False,
+                   interclass_filtering_threshold: float = 0.0):
+    """ArcFace (additive angular margin) logits [N, C], with the seed's fallback past theta = pi - m (or, with
+    easy_margin, no margin where theta >= pi/2)."""
+    return margin_logits(cosine(embeddings, weights), labels, s=s, m2=m, arcface_fallback=True,
+                         easy_margin=easy_margin, interclass_filtering_threshold=interclass_filtering_threshold)
 
 
 def cosface_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["cosface"]["s"],
-                   m: float = DEFAULT_MARGINS["cosface"]["m"]):
+                   m: float = DEFAULT_MARGINS["cosface"]["m"], interclass_filtering_threshold: float = 0.0):
     """CosineFace (additive cosine margin) logits [N, C]."""
-    return margin_logits(cosine(embeddings, weights), labels, s=s, m3=m)
+    return margin_logits(cosine(embeddings, weights), labels, s=s, m3=m,
+                         interclass_filtering_threshold=interclass_filtering_threshold)
 
 
 def combined_margin_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["combined"]["s"],
                            m1: float = DEFAULT_MARGINS["combined"]["m1"],
                            m2: float = DEFAULT_MARGINS["combined"]["m2"],
-                           m3: float = DEFAULT_MARGINS["combined"]["m3"]):
-    """Combined margin logits [N, C]: target s*(cos(m1*theta + m2) - m3); (1, 0, 0) is the normalised softmax."""
-    return margin_logits(cosine(embeddings, weights), labels, s=s, m1=m1, m2=m2, m3=m3)
+                           m3: float = DEFAULT_MARGINS["combined"]["m3"], easy_margin: bool = False,
+                           interclass_filtering_threshold: float = 0.0):
+    """Combined margin logits [N, C]: target s*(cos(m1*theta + m2) - m3); (1, 0, 0) is the normalised softmax.
+    With easy_margin the target stays s*cos(theta) where theta >= pi/2."""
+    return margin_logits(cosine(embeddings, weights), labels, s=s, m1=m1, m2=m2, m3=m3, easy_margin=easy_margin,
+                         interclass_filtering_threshold=interclass_filtering_threshold)
 
 
 def softmax_logits(embeddings, labels, weights):

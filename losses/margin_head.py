@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from losses import face_losses
-from losses.margins import DEFAULT_MARGINS, check_loss, margins_in_use
+from losses.margins import DEFAULT_MARGINS, check_loss, check_margin_options, margins_in_use
 
 # The name of the seed's variable scope of the class weights, whatever the loss; a training head keeps it.
 SEED_HEAD_NAME = "arcface_loss"
@@ -25,11 +25,16 @@ class MarginHead(keras.layers.Layer):
         loss: one of LOSSES.
         margins: overrides of DEFAULT_MARGINS[loss] (s, m for arcface/cosface; s, m1, m2, m3 for combined).
         seed: seed of the weight initialiser.
+        easy_margin: arcface/combined: no margin where cos(theta) <= 0 (face_losses); refused for other losses.
+        interclass_filtering_threshold: in [0, 1); > 0 zeroes the negative cosines above it (face_losses);
+            refused for softmax.
     """
 
     def __init__(self, num_classes: int, loss: str = "arcface", margins: dict[str, float] | None = None,
-                 seed: int | None = None, **kwargs) -> None:
+                 seed: int | None = None, easy_margin: bool = False, interclass_filtering_threshold: float = 0.0,
+                 **kwargs) -> None:
         check_loss(loss)
+        check_margin_options(loss, easy_margin, interclass_filtering_threshold)
         margins = dict(margins or {})
         unknown = set(margins) - set(DEFAULT_MARGINS[loss])
         if unknown:
@@ -41,6 +46,8 @@ class MarginHead(keras.layers.Layer):
         self.loss = loss
         self.margins = {**DEFAULT_MARGINS[loss], **margins}
         self.seed = seed
+        self.easy_margin = bool(easy_margin)
+        self.interclass_filtering_threshold = float(interclass_filtering_threshold)
 
     def build(self, embeddings_shape: tuple) -> None:
         self.embedding_weights = self.add_weight(
@@ -49,12 +56,17 @@ class MarginHead(keras.layers.Layer):
 
     def call(self, embeddings, labels):
         weights = self.embedding_weights
+        filtering = self.interclass_filtering_threshold
         if self.loss == "arcface":
-            return face_losses.arcface_logits(embeddings, labels, weights, **self.margins)
+            return face_losses.arcface_logits(embeddings, labels, weights, **self.margins,
+                                              easy_margin=self.easy_margin, interclass_filtering_threshold=filtering)
         if self.loss == "cosface":
-            return face_losses.cosface_logits(embeddings, labels, weights, **self.margins)
+            return face_losses.cosface_logits(embeddings, labels, weights, **self.margins,
+                                              interclass_filtering_threshold=filtering)
         if self.loss == "combined":
-            return face_losses.combined_margin_logits(embeddings, labels, weights, **self.margins)
+            return face_losses.combined_margin_logits(embeddings, labels, weights, **self.margins,
+                                                      easy_margin=self.easy_margin,
+                                                      interclass_filtering_threshold=filtering)
         return face_losses.softmax_logits(embeddings, labels, weights)
 
     def plain_logits(self, embeddings):
@@ -68,20 +80,24 @@ class MarginHead(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(num_classes=self.num_classes, loss=self.loss, margins=dict(self.margins), seed=self.seed)
+        config.update(num_classes=self.num_classes, loss=self.loss, margins=dict(self.margins), seed=self.seed,
+                      easy_margin=self.easy_margin,
+                      interclass_filtering_threshold=self.interclass_filtering_threshold)
         return config
 
 
 def make_head(loss: str, num_classes: int, *, s: float | None = None, m: float | None = None,
               m1: float | None = None, m2: float | None = None, m3: float | None = None,
-              seed: int | None = None) -> MarginHead:
+              seed: int | None = None, easy_margin: bool = False,
+              interclass_filtering_threshold: float = 0.0) -> MarginHead:
     """The training head of `loss` for `num_classes` identities, named as the seed's (SEED_HEAD_NAME).
 
     Margins left at None take the loss's defaults (losses.margins.DEFAULT_MARGINS); those the loss does not use are
-    ignored (see losses.margins.margins_in_use).
+    ignored (see losses.margins.margins_in_use). easy_margin and interclass_filtering_threshold: see MarginHead.
     """
     margins = margins_in_use(loss, s=s, m=m, m1=m1, m2=m2, m3=m3)
-    return MarginHead(num_classes, loss=loss, margins=margins, seed=seed, name=SEED_HEAD_NAME)
+    return MarginHead(num_classes, loss=loss, margins=margins, seed=seed, easy_margin=easy_margin,
+                      interclass_filtering_threshold=interclass_filtering_threshold, name=SEED_HEAD_NAME)
 
 
 def sparse_softmax_cross_entropy(logits, labels):

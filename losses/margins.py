@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 LOSSES = ("arcface", "cosface", "combined", "softmax")
+# The losses with an angular margin, which easy_margin changes; the ones with cosines, which interclass filtering reads.
+EASY_MARGIN_LOSSES = ("arcface", "combined")
+COSINE_LOSSES = ("arcface", "cosface", "combined")
 # Scale s and margins of each loss: ArcFace s*cos(theta + m), CosFace s*(cos(theta) - m), combined
 # s*(cos(m1*theta + m2) - m3) (insightface's combined margin); softmax has none.
 DEFAULT_MARGINS: dict[str, dict[str, float]] = {
@@ -27,3 +30,18 @@ def margins_in_use(loss: str, s: float | None = None, m: float | None = None, m1
     given = {"s": s, "m": m, "m1": m1, "m2": m2, "m3": m3}
     return {key: default if given[key] is None else float(given[key])
             for key, default in DEFAULT_MARGINS[loss].items()}
+
+
+def check_margin_options(loss: str, easy_margin: bool, interclass_filtering_threshold: float) -> None:
+    """ValueError naming the key when `loss` cannot take the option: easy_margin only changes an angular margin
+    (CosFace's s*(cos - m) has no angle to limit), and interclass filtering compares cosines, which softmax lacks."""
+    check_loss(loss)
+    if easy_margin and loss not in EASY_MARGIN_LOSSES:
+        raise ValueError(f"easy_margin=True applies to loss {' or '.join(EASY_MARGIN_LOSSES)} (an angular margin); "
+                         f"loss={loss!r} has none: leave easy_margin=False")
+    if not 0.0 <= interclass_filtering_threshold < 1.0:
+        raise ValueError(f"interclass_filtering_threshold={interclass_filtering_threshold} must be in [0, 1) "
+                         "(0 = off)")
+    if interclass_filtering_threshold and loss not in COSINE_LOSSES:
+        raise ValueError(f"interclass_filtering_threshold={interclass_filtering_threshold} applies to loss "
+                         f"{', '.join(COSINE_LOSSES)} (it compares cosines); loss={loss!r} has none: leave it 0")

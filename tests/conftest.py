@@ -125,3 +125,20 @@ def mxnet_files(mxnet_python: Path) -> Callable[[str, dict, Path], dict]:
             return pickle.load(stream)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def torch_references(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torch's own reference files (tests/torch_side.py): backbones/ for test_pretrained_torch.py, onnx/ for
+    test_pretrained_onnx.py, written by one run in the PyTorch side venv; skips with the reason when it cannot be
+    built here."""
+    from side_venv import SideVenvUnavailable
+    from torch_side import torch_python, write_references
+
+    try:
+        python = torch_python()
+    except SideVenvUnavailable as err:
+        pytest.skip(f"PyTorch reference not run: {err}")
+    out = tmp_path_factory.mktemp("torch_references")
+    write_references(python, out)
+    return out

@@ -9,6 +9,7 @@
         semantics -> v3.params.
     python mxnet_model_writer.py load SPEC OUT    mx.nd.load of each file of SPEC["params"] -> OUT/<its name>.npz
         (shows that mxnet itself accepts a file written by hand in an older layout).
+    python mxnet_model_writer.py model,load SPEC OUT   both from one SPEC, under one mxnet import (seconds each).
 
 The layer names are those of insightface's symbol code (fetched from github:deepinsight/insightface,
 recognition/arcface_mxnet/symbol/); SPEC is a JSON file.
@@ -162,11 +163,15 @@ def load_params(spec, out):
         np.savez(out / f"{Path(path).name}.npz", **{name: value.asnumpy() for name, value in loaded.items()})
 
 
-def main(mode, spec_path, out):
+MODES = {"model": write_models, "load": load_params}
+
+
+def main(modes, spec_path, out):
     spec = json.loads(Path(spec_path).read_text())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (write_models if mode == "model" else load_params)(spec, out)
+    for mode in modes.split(","):
+        MODES[mode](spec, out)
 
 
 if __name__ == "__main__":

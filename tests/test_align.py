@@ -1,5 +1,6 @@
 """Tests of align/: the similarity warp against known transforms, MTCNN alignment of real faces end to end (the
-scikit-image astronaut; the Yale faces when present), bad inputs, resume and the box mode."""
+scikit-image astronaut; the Yale faces when present), bad inputs, resume, the box mode, and detection on a
+bounded-size copy of a large photo."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from skimage import data as skimage_data
 
-from align.align_dataset_mtcnn import Args, align_dataset
-from align.detector import Face, FaceDetector, pick_central_face, template_eye_error
+from align.align_dataset_mtcnn import Args, align_dataset, build_detector
+from align.detector import Face, FaceDetector, detection_plan, pick_central_face, template_eye_error, to_original
 from align.warp import crop_box, estimate_similarity, margin_box, warp_to_template
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,6 +273,124 @@ def test_args_are_checked(tmp_path):
         align_dataset(Args(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), thresholds=[0.6, 0.7]))
     args = Args.from_cli(["--input_dir=a", "--output_dir=b", "--mode=box", "--thresholds=0.5,0.6,0.7"])
     assert (args.mode, args.thresholds, args.image_size, args.margin) == ("box", [0.5, 0.6, 0.7], 112, 44)
+
+
+# ------------------------------------------------------------------------------------ large photo, bounded copy
+
+BIG_SHAPE = (3000, 4000)  # height, width: a 12-megapixel photo
+ASTRONAUT_AT = (1750, 1200)  # (x, y) of the astronaut's top-left corner on it: her face near the centre
+
+
+class RecordingDetector:
+    """Passes detections through and keeps them, so a test sees the landmarks the aligner warped with."""
+
+    def __init__(self, detector: FaceDetector) -> None:
+        self.detector, self.faces = detector, []
+
+    def detect(self, rgb):
+        self.faces = self.detector.detect(rgb)
+        return self.faces
+
+
+def textured_canvas(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Blotches of colour, large and small, as a photo's background has."""
+    rng = np.random.default_rng(seed)
+    height, width = shape
+    coarse, fine = (cv2.resize(rng.integers(0, 256, (height // step, width // step, 3), dtype=np.uint8),
+                               (width, height), interpolation=cv2.INTER_CUBIC) for step in (250, 16))
+    return cv2.addWeighted(coarse, 0.6, fine, 0.4, 0)
+
+
+@pytest.fixture(scope="module")
+def big_photo(tmp_path_factory, detector):
+    """The astronaut pasted at native resolution onto a textured 4000x3000 photo, aligned with the default Args
+    (detect_max_side 1280); the original pixels (read back from the PNG), the detections and the output."""
+    folder = tmp_path_factory.mktemp("big")
+    photo = textured_canvas(BIG_SHAPE)
+    x0, y0 = ASTRONAUT_AT
+    astronaut = skimage_data.astronaut()
+    photo[y0:y0 + astronaut.shape[0], x0:x0 + astronaut.shape[1]] = astronaut
+    original = read_png(write_image(folder / "in" / "crew" / "photo.bmp", photo))  # BMP: no time spent compressing
+    args = Args(input_dir=str(folder / "in"), output_dir=str(folder / "out"))
+    recorder = RecordingDetector(build_detector(args))
+    summary = align_dataset(args, recorder)
+    # The full-resolution reference: MTCNN on the astronaut's own 512x512 image, shifted to where she was pasted
+    # (MTCNN looks at local windows; on the whole photo at full resolution it finds her landmarks within 0.8 px of
+    # these, at 8x the cost).
+    reference = detector.detect(astronaut)[0]
+    return dict(original=original, summary=summary, faces=recorder.faces, max_side=recorder.detector.detect_max_side,
+                reference_box=reference.box + [x0, y0, x0, y0], reference_landmarks=reference.landmarks + [x0, y0],
+                aligned=read_png(folder / "out" / "crew" / "photo.png"),
+                boxes_line=(folder / "out" / "bounding_boxes.txt").read_text().split())
+
+
+def test_detection_plan_bounds_the_copy_and_keeps_the_smallest_face_at_12_px():
+    scale, min_face = detection_plan((2903, 4352, 3), 1280, 20)
+    assert scale == pytest.approx(1280 / 4352) and min_face == 12.0  # 20 x 0.294 = 5.9 px would upsample the copy
+    assert detection_plan((2903, 4352, 3), 1280, 100) == pytest.approx((1280 / 4352, 100 * 1280 / 4352))
+    assert detection_plan((4352, 2000, 3), 2176, 20) == pytest.approx((0.5, 12.0))  # portrait: the height counts
+    assert detection_plan((960, 1280, 3), 1280, 20) == (1.0, 20.0)  # within the limit: never upscaled
+    assert detection_plan((2903, 4352, 3), 0, 20) == (1.0, 20.0)  # 0: full resolution
+    with pytest.raises(ValueError, match="detect_max_side=5"):
+        detection_plan((100, 100, 3), 5, 20)
+
+
+def test_points_of_a_resized_copy_map_back_to_the_original():
+    # A Gaussian dot at a known sub-pixel spot, shrunk by 3.125 x 3.2 (OpenCV's INTER_AREA): its centroid on the
+    # copy, mapped back, must land on the spot (a half-pixel convention error would miss by ~1 px).
+    spot = np.array([613.3, 402.7])
+    ys, xs = np.mgrid[:768, :1000]
+    dot = np.exp(-((xs - spot[0]) ** 2 + (ys - spot[1]) ** 2) / (2 * 12.0 ** 2))
+    copy = cv2.resize(dot, (320, 240), interpolation=cv2.INTER_AREA)
+    copy_ys, copy_xs = np.mgrid[:240, :320]
+    centroid = np.array([[(copy_xs * copy).sum(), (copy_ys * copy).sum()]]) / copy.sum()
+    np.testing.assert_allclose(to_original(centroid, 1000 / 320, 768 / 240)[0], spot, atol=0.05)
+
+
+def test_a_large_photo_is_searched_on_a_copy_and_the_face_found_where_full_resolution_finds_it(big_photo):
+    assert big_photo["max_side"] == 1280 and big_photo["summary"].aligned == 1
+    face = pick_central_face(big_photo["faces"], BIG_SHAPE)
+    np.testing.assert_allclose(face.landmarks, big_photo["reference_landmarks"], atol=3.0)
+    np.testing.assert_allclose(face.box, big_photo["reference_box"], atol=4.0)
+    # bounding_boxes.txt holds the box in the original's pixels, not the copy's.
+    assert [int(v) for v in big_photo["boxes_line"][1:]] == [int(round(v)) for v in face.box]
+
+
+def test_the_face_from_a_large_photo_is_warped_from_its_original_pixels(big_photo):
+    original, aligned = big_photo["original"], big_photo["aligned"]
+    face = pick_central_face(big_photo["faces"], BIG_SHAPE)
+
+    def warp(image, landmarks):  # the test's own fit and OpenCV's bilinear warp
+        return cv2.warpAffine(image, least_squares_similarity(landmarks, TEMPLATE_112), (112, 112),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(int)
+
+    assert np.abs(aligned.astype(int) - warp(original, face.landmarks)).max() <= 1
+    # Close to the face cut with the full-resolution landmarks: every output pixel is sampled within a few original
+    # pixels of where that cut samples it (one pixel of the searched copy is 3.1 original pixels).
+    sampled_at = [cv2.invertAffineTransform(least_squares_similarity(landmarks, TEMPLATE_112))
+                  for landmarks in (face.landmarks, big_photo["reference_landmarks"])]
+    grid = np.stack(np.meshgrid(np.arange(112.0), np.arange(112.0)), axis=-1).reshape(-1, 2)
+    bounded, full = (apply(matrix, grid) for matrix in sampled_at)
+    assert np.linalg.norm(bounded - full, axis=1).max() <= 5.0
+    full_cut = warp(original, big_photo["reference_landmarks"])
+    assert np.corrcoef(aligned.reshape(-1), full_cut.reshape(-1))[0, 1] > 0.9
+    # Cut from the searched copy, upscaled, the same face is visibly blurred: the output is not that.
+    height, width = BIG_SHAPE
+    upscaled = cv2.resize(cv2.resize(original, (1280, 960), interpolation=cv2.INTER_AREA), (width, height),
+                          interpolation=cv2.INTER_LINEAR)
+    from_copy = warp(upscaled, face.landmarks)
+    sharpness = [cv2.Laplacian(image.astype(np.float64), cv2.CV_64F).var() for image in (aligned, from_copy)]
+    assert sharpness[0] > 1.5 * sharpness[1]
+    assert np.abs(aligned.astype(int) - from_copy).mean() > 3.0
+
+
+def test_detect_max_side_is_checked(tmp_path):
+    (tmp_path / "in" / "someone").mkdir(parents=True)
+    with pytest.raises(ValueError, match="detect_max_side"):
+        Args(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), detect_max_side=-1)
+    with pytest.raises(ValueError, match="detect_max_side=11"):
+        align_dataset(Args(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), detect_max_side=11))
+    assert Args.from_cli(["--input_dir=a", "--output_dir=b", "--detect_max_side=0"]).detect_max_side == 0
 
 
 # ---------------------------------------------------------------------------------------------------- Yale, slow

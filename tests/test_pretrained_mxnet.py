@@ -41,16 +41,39 @@ def pixels() -> np.ndarray:
     return np.random.default_rng(7).integers(0, 256, (2, 3, 112, 112)).astype(np.float32)
 
 
+# The hand-written files in each NDArray layout that mxnet itself loads back (test_reads_the_older_layouts_...).
+OLDER_LAYOUTS = ("v1", "legacy", "v2")
+
+
+def older_layout_arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {"arg:conv0_weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+            "aux:bn0_moving_var": rng.uniform(size=(4,)).astype(np.float32),
+            "arg:pre_fc1_weight": rng.normal(size=(5, 12)).astype(np.float32)}
+
+
 @pytest.fixture(scope="module")
-def zoo(mxnet_python, tmp_path_factory, pixels) -> dict[str, Path]:
-    """architecture -> the folder holding mxnet's model-symbol.json, model-0000.params, v3.params, params.npz,
-    embedding.npy."""
+def mxnet_run(mxnet_python, tmp_path_factory, pixels) -> Path:
+    """One mxnet run (one import): the zoo models in <arch>/ (model-symbol.json, model-0000.params, v3.params,
+    params.npz, embedding.npy), and <layout>.params written here by hand with mxnet's load of each as
+    <layout>.params.npz."""
     root = tmp_path_factory.mktemp("mxnet_zoo")
     np.save(root / "pixels.npy", pixels)
     models = [{"arch": arch, "units": units, "embedding": EMBEDDING, "seed": seed}
               for seed, (arch, units) in enumerate(MODELS.items())]
-    run_writer(mxnet_python, "model", {"models": models, "pixels": str(root / "pixels.npy")}, root)
-    return {arch: root / arch for arch in MODELS}
+    for version in OLDER_LAYOUTS:
+        (root / f"{version}.params").write_bytes(params_bytes(older_layout_arrays(), version))
+    run_writer(mxnet_python, "model,load", {"models": models, "pixels": str(root / "pixels.npy"),
+                                            "params": [str(root / f"{version}.params") for version in OLDER_LAYOUTS]},
+               root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def zoo(mxnet_run) -> dict[str, Path]:
+    """architecture -> the folder holding mxnet's model-symbol.json, model-0000.params, v3.params, params.npz,
+    embedding.npy."""
+    return {arch: mxnet_run / arch for arch in MODELS}
 
 
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -175,20 +198,12 @@ def test_reads_every_array_mxnet_saved(zoo, arch):
         assert seconds < 5, f"{name}: read in {seconds:.2f} s"
 
 
-def test_reads_the_older_layouts_mxnet_reads(mxnet_python, tmp_path):
+def test_reads_the_older_layouts_mxnet_reads(mxnet_run):
     """Files in each NDArray layout, written here by hand: mxnet itself loads the same arrays from them as we do."""
-    rng = np.random.default_rng(3)
-    arrays = {"arg:conv0_weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
-              "aux:bn0_moving_var": rng.uniform(size=(4,)).astype(np.float32),
-              "arg:pre_fc1_weight": rng.normal(size=(5, 12)).astype(np.float32)}
-    versions = ("v1", "legacy", "v2")
-    for version in versions:
-        (tmp_path / f"{version}.params").write_bytes(params_bytes(arrays, version))
-    run_writer(mxnet_python, "load", {"params": [str(tmp_path / f"{version}.params") for version in versions]},
-               tmp_path / "mxnet")
-    for version in versions:
-        by_mxnet = np.load(tmp_path / "mxnet" / f"{version}.params.npz")
-        ours = mxnet_file.read_params(tmp_path / f"{version}.params")
+    arrays = older_layout_arrays()
+    for version in OLDER_LAYOUTS:
+        by_mxnet = np.load(mxnet_run / f"{version}.params.npz")
+        ours = mxnet_file.read_params(mxnet_run / f"{version}.params")
         assert sorted(by_mxnet.files) == sorted(ours) == sorted(arrays), version
         for name, value in arrays.items():
             assert np.array_equal(ours[name], value) and np.array_equal(by_mxnet[name], value), (version, name)

@@ -9,10 +9,8 @@ for the error cases are built here with onnx.helper.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,33 +24,20 @@ import nets
 from nets import preprocessing
 from nets.pretrained import onnx_file
 from nets.pretrained.weights import Preprocessing
+from torch_side import ONNX_SPEC
 
 log = logging.getLogger(__name__)
-WRITER = Path(__file__).resolve().parent / "onnx_writer.py"
 ARCHITECTURES = ("iresnet18", "mbf")
-EMBEDDING_SIZE = 64
+EMBEDDING_SIZE = ONNX_SPEC["embedding_size"]
 BN_EPSILON = 1e-5
 RELATIVE_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """The writer's files (one torch run): <arch>.npz, <arch>.onnx, <arch>_unfused.onnx, <arch>_folded.onnx,
-    iresnet18_ingraph.onnx."""
-    from side_venv import SideVenvUnavailable
-    from torch_side import torch_python
-
-    try:
-        python = torch_python()
-    except SideVenvUnavailable as err:
-        pytest.skip(f"PyTorch reference not run: {err}")
-    out = tmp_path_factory.mktemp("onnx_files")
-    spec = out / "spec.json"
-    spec.write_text(json.dumps({"embedding_size": EMBEDDING_SIZE, "seed": 0}))
-    done = subprocess.run([str(python), str(WRITER), str(spec), str(out)], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, f"onnx writer failed:\n{done.stdout}\n{done.stderr}"
-    return out
+def exported(torch_references) -> Path:
+    """The writer's files (the session's one torch run, conftest.py): <arch>.npz, <arch>.onnx, <arch>_unfused.onnx,
+    <arch>_folded.onnx, iresnet18_ingraph.onnx."""
+    return torch_references / "onnx"
 
 
 def state_dict(folder: Path, architecture: str) -> dict[str, np.ndarray]:

@@ -25,18 +25,6 @@ from nets.pretrained.weights import Preprocessing
 
 log = logging.getLogger(__name__)
 WRITER = Path(__file__).resolve().parent / "torch_writer.py"
-# One writer run (one torch import) makes every reference file these tests use.
-JOBS = [
-    {"name": "iresnet18", "kind": "backbone", "arch": "iresnet18", "num_features": 64, "images": 2},
-    {"name": "mbf", "kind": "backbone", "arch": "mbf", "num_features": 64, "images": 2, "seed": 1},
-    {"name": "iresnet18_legacy", "kind": "backbone", "arch": "iresnet18", "num_features": 32, "legacy": True,
-     "seed": 2},
-    {"name": "iresnet18_half", "kind": "backbone", "arch": "iresnet18", "num_features": 32, "half": True, "seed": 3},
-    {"name": "iresnet18_checkpoint", "kind": "backbone", "arch": "iresnet18", "num_features": 32,
-     "checkpoint": True, "seed": 4},
-    {"name": "views", "kind": "views"},
-    {"name": "views_legacy", "kind": "views", "legacy": True},
-]
 
 
 def run_writer(jobs: list[dict], out: Path, timeout: int = 600) -> None:
@@ -56,10 +44,26 @@ def run_writer(jobs: list[dict], out: Path, timeout: int = 600) -> None:
 
 
 @pytest.fixture(scope="module")
-def torch_files(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("torch_files")
-    run_writer(JOBS, out)
-    return out
+def torch_files(torch_references) -> Path:
+    """tests/torch_side.py's BACKBONE_JOBS, each in its folder (the session's one torch run, conftest.py)."""
+    return torch_references / "backbones"
+
+
+@pytest.fixture(scope="module")
+def pretrained(torch_files):
+    """name -> nets.load_pretrained of that backbone.pth, built once for the module (the tests only read it)."""
+    import nets
+
+    if not hasattr(nets, "load_pretrained"):
+        pytest.skip("nets.load_pretrained (nets/pretrained/build.py, P1's part) is not there yet")
+    built = {}
+
+    def load(name: str):
+        if name not in built:
+            built[name] = nets.load_pretrained(torch_files / name / "backbone.pth")
+        return built[name]
+
+    return load
 
 
 def saved_arrays(folder: Path) -> dict[str, np.ndarray]:
@@ -283,17 +287,12 @@ def test_not_a_state_dict_lists_what_it_holds(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["iresnet18", "mbf"])
-def test_load_pretrained_equals_torch_forward(torch_files, name):
+def test_load_pretrained_equals_torch_forward(torch_files, pretrained, name):
     """nets.load_pretrained(backbone.pth) on uint8 RGB faces == torch's forward of (x - 127.5) / 127.5, eval mode."""
-    import nets
-
-    if not hasattr(nets, "load_pretrained"):
-        pytest.skip("nets.load_pretrained (nets/pretrained/build.py, P1's part) is not there yet")
     images = np.load(torch_files / name / "images.npy")
     expected = np.load(torch_files / name / "embeddings.npy")
     assert np.std(expected, axis=0).mean() > 0.1 * np.abs(expected).mean()  # the faces give different embeddings
-    model = nets.load_pretrained(torch_files / name / "backbone.pth")
-    embeddings = np.asarray(model(images))
+    embeddings = np.asarray(pretrained(name)(images))
     np.testing.assert_allclose(embeddings, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
@@ -391,11 +390,10 @@ MBF_ARGS = dict(backbone="mobilefacenet_arcface_torch", embedding_size=64, norm_
 
 
 @pytest.mark.parametrize("name, fields", [("iresnet18", IRESNET18_ARGS), ("mbf", MBF_ARGS)])
-def test_fine_tuning_from_a_backbone_pth_copies_every_weight_and_gives_its_embedding(torch_files, tmp_path, name,
-                                                                                     fields):
+def test_fine_tuning_from_a_backbone_pth_copies_every_weight_and_gives_its_embedding(torch_files, pretrained, tmp_path,
+                                                                                     name, fields):
     """The network these Args build (with dropout) takes every weight of the file, BN statistics included, and
     computes what load_pretrained's network does on the training pipeline's normalised RGB input."""
-    import nets
     from losses import make_head
     from nets.preprocessing import deployment_info
     from nets.spec import NetworkSpec
@@ -408,7 +406,7 @@ def test_fine_tuning_from_a_backbone_pth_copies_every_weight_and_gives_its_embed
     head = make_head(args.loss, 3, **args.head_margins(), seed=args.seed)
     head.build((None, args.embedding_size))
     restore_for_fine_tuning(model, head, pth, with_head=False)
-    source = deployment_info(nets.load_pretrained(pth))["network"]
+    source = deployment_info(pretrained(name))["network"]
     pairs = list(zip(_weighted_layers(source), _weighted_layers(model), strict=True))
     assert len(pairs) > 50
     for from_layer, to_layer in pairs:
@@ -419,7 +417,8 @@ def test_fine_tuning_from_a_backbone_pth_copies_every_weight_and_gives_its_embed
                                rtol=1e-5, atol=1e-5)
 
 
-def test_a_run_from_a_backbone_pth_starts_from_its_weights_and_its_checkpoint_evaluates(torch_files, tmp_path):
+def test_a_run_from_a_backbone_pth_starts_from_its_weights_and_its_checkpoint_evaluates(torch_files, pretrained,
+                                                                                         tmp_path):
     """train_nets.train with restore_path=backbone.pth: after one step at lr 1e-20 every trainable weight of its
     checkpoint is still the file's (the restore is train()'s own), args.json rebuilds the architecture, and the
     checkpoint evaluates through eval_ckpt_file on RGB input."""
@@ -427,7 +426,6 @@ def test_a_run_from_a_backbone_pth_starts_from_its_weights_and_its_checkpoint_ev
 
     import eval_ckpt_file
     import generate_pairs
-    import nets
     import train_nets
     from nets.preprocessing import deployment_info
     from nets.spec import NetworkSpec
@@ -440,7 +438,7 @@ def test_a_run_from_a_backbone_pth_starts_from_its_weights_and_its_checkpoint_ev
     assert run_args == args
     trained = NetworkSpec.from_mapping(run_args.to_dict()).build()
     tf.train.Checkpoint(model=trained).read(summary["checkpoint"]).expect_partial().assert_existing_objects_matched()
-    source = deployment_info(nets.load_pretrained(pth))["network"]
+    source = deployment_info(pretrained("iresnet18"))["network"]
     expected = [w.numpy() for layer in _weighted_layers(source) for w in layer.trainable_weights]
     actual = [w.numpy() for layer in _weighted_layers(trained) for w in layer.trainable_weights]
     assert len(expected) == len(actual) > 50

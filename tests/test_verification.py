@@ -436,16 +436,21 @@ def test_load_pairs_set_reads_resizes_and_keeps_the_header_folds(identity_folder
     data_dir, pairs_path, images, lines = identity_folder
     vset = load_pairs_set(data_dir, pairs_path, image_size=(12, 6))
     assert vset.name == "pairs" and vset.num_folds == 2 and vset.num_pairs == 24
-    assert vset.images.shape == (48, 12, 6, 3) and vset.images.dtype == np.uint8
+    pair_keys = []
     for k, line in enumerate(lines):
         fields = line.split("\t")
         keys = [(fields[0], fields[1]), (fields[0], fields[2])] if len(fields) == 3 else \
             [(fields[0], fields[1]), (fields[2], fields[3])]
         assert vset.issame[k] == (len(fields) == 3)
+        pair_keys.append(keys)
         for side, key in enumerate(keys):
             expected = cv2.resize(images[key], (6, 12), interpolation=cv2.INTER_LINEAR)
-            np.testing.assert_array_equal(vset.images[2 * k + side], expected)
-            assert vset.paths[2 * k + side] == str(data_dir / key[0] / key[1])
+            np.testing.assert_array_equal(vset.images[vset.pair_rows[k, side]], expected)
+            assert vset.pair_paths[2 * k + side] == str(data_dir / key[0] / key[1])
+    # Each file is held once.
+    distinct = {key for keys in pair_keys for key in keys}
+    assert vset.images.shape == (len(distinct), 12, 6, 3) and vset.images.dtype == np.uint8
+    assert sorted(vset.paths) == sorted(str(data_dir / name / file) for name, file in distinct)
 
 
 def test_load_bin_set_reads_a_pickled_set(tmp_path):
@@ -494,7 +499,7 @@ def test_run_verification_logs_the_seed_lines_and_reports_the_protocol(identity_
     embed_fn = projection_embed_fn((10, 8, 3), dim=8, seed=5)
     with caplog.at_level(logging.INFO):
         report = run_verification(embed_fn, vset, batch_size=5, preprocessing="BGR", step=7)
-    embeddings, xnorm = reference_embeddings(embed_fn, vset.images, "BGR", "sum")
+    embeddings, xnorm = reference_embeddings(embed_fn, vset.images[vset.pair_rows.reshape(-1)], "BGR", "sum")
     expected = verify(embeddings, vset.issame, num_folds=2)  # the header's 2 folds
     assert report["num_folds"] == 2 and report["xnorm"] == pytest.approx(xnorm, rel=1e-12)
     assert report["accuracy_mean"] == pytest.approx(expected.accuracy_mean, abs=1e-12)
@@ -512,7 +517,7 @@ def test_run_verification_logs_the_seed_lines_and_reports_the_protocol(identity_
     farthest = np.sort(distances[issame])[::-1][:len(report["hardest_false_non_matches"])]
     np.testing.assert_allclose([e["distance"] for e in report["hardest_false_non_matches"]], farthest)
     first = report["hardest_false_matches"][0]
-    assert first["paths"] == vset.paths[2 * first["pair"]: 2 * first["pair"] + 2]
+    assert first["paths"] == [vset.paths[row] for row in vset.pair_rows[first["pair"]]]
 
 
 def test_report_files_are_strict_json_and_pictures(identity_folder, tmp_path):
@@ -543,7 +548,7 @@ def test_report_gives_thresholds_as_cosines_of_the_compared_embeddings(identity_
     vset = load_pairs_set(data_dir, pairs_path, image_size=(10, 8), name="tiny")
     embed_fn = projection_embed_fn((10, 8, 3), dim=8, seed=5)
     report = run_verification(embed_fn, vset, batch_size=5, preprocessing="BGR")
-    embeddings, _ = reference_embeddings(embed_fn, vset.images, "BGR", "sum")
+    embeddings, _ = reference_embeddings(embed_fn, vset.images[vset.pair_rows.reshape(-1)], "BGR", "sum")
     cosines = np.einsum("ij,ij->i", embeddings[0::2], embeddings[1::2])  # dot products of the flip-summed rows
     fold_of_pair = np.repeat([0, 1], 12)
     threshold_cosine = np.asarray(report["best_thresholds_cosine"])[fold_of_pair]
@@ -583,9 +588,10 @@ def test_hardest_pairs_picture_shows_every_listed_pair_with_its_files(identity_f
     assert len(drawn) == len(entries)
     for (image, title), entry in zip(drawn, entries):
         k = entry["pair"]
-        np.testing.assert_array_equal(image, np.hstack([vset.images[2 * k], vset.images[2 * k + 1]]))
+        first, second = vset.pair_rows[k]
+        np.testing.assert_array_equal(image, np.hstack([vset.images[first], vset.images[second]]))
         assert f"d={entry['distance']:.3f}" in title
-        for path in (vset.paths[2 * k], vset.paths[2 * k + 1]):  # identity folder and file name of both images
+        for path in (vset.paths[first], vset.paths[second]):  # identity folder and file name of both images
             assert f"{Path(path).parent.name}/{Path(path).name}" in title
 
 

@@ -46,11 +46,18 @@ RUN_FIELDS = frozenset({
     "net_depth", "unit_type", "norm", "net_width", "backbone", "dropout_rate", "embedding_size", "norm_epsilon",
     "projection_shortcut",
     # the margin head
-    "loss", "margin_s", "margin_m", "margin_m1", "margin_m2", "margin_m3", "num_output",
+    "loss", "margin_s", "margin_m", "margin_m1", "margin_m2", "margin_m3", "easy_margin",
+    "interclass_filtering_threshold", "num_output",
     # the data; the saved position counts batches of batch_size, and seed fixes each epoch's shuffle
     "train_dataset_dir", "image_size", "channel_order", "batch_size", "seed",
     # mixed_float16 wraps the optimizer in a loss-scale optimizer: another checkpoint layout
     "mixed_precision",
+    # the recipe: another optimizer is another checkpoint layout; another schedule or loss, another run
+    "optimizer", "lr_schedule", "warmup_steps", "label_smoothing",
+    # the augmentation: part of the data each step sees (resume repeats it exactly)
+    "aug_crop_prob", "aug_crop_area", "aug_crop_aspect", "aug_colour_prob", "aug_brightness", "aug_contrast",
+    "aug_saturation", "aug_grey_prob", "aug_blur_prob", "aug_blur_sigma", "aug_cutout_prob", "aug_cutout_size",
+    "aug_cutout_fill",
     # the starting point
     "restore_path", "restore_head",
 })
@@ -58,7 +65,7 @@ RUN_FIELDS = frozenset({
 # and the device counts change how replicas share the work, not the weights.
 ADJUSTABLE_FIELDS = frozenset({
     "epoch", "max_steps", "lr_values", "lr_steps", "lr_steps_scaled", "lr_steps_as_seed_ran", "momentum",
-    "weight_decay", "grad_accum_steps", "jit_compile", "sync_bn", "num_gpus", "multi_worker",
+    "weight_decay", "clip_grad_norm", "grad_accum_steps", "jit_compile", "sync_bn", "num_gpus", "multi_worker",
     "eval_bins", "eval_db_path", "eval_dataset", "eval_pair", "validate_interval",
     "ckpt_path", "summary_path", "log_file_path", "saver_maxkeep", "ckpt_interval", "summary_interval",
     "show_info_interval",

@@ -1,6 +1,9 @@
-"""The seed's optimisation: piecewise-constant learning rate and L2 weight decay added to the loss."""
+"""Optimisation: the seed's piecewise-constant learning rate and L2 weight decay added to the loss, warm-up, polynomial
+and cosine decay, AdamW with decoupled weight decay."""
 
 from __future__ import annotations
+
+import math
 
 import keras
 
@@ -58,3 +61,89 @@ def weight_decay_loss(variables: list, weight_decay: float):
     for variable in variables:
         total = total + keras.ops.sum(keras.ops.square(keras.ops.cast(variable, "float32")))
     return 0.5 * weight_decay * total
+
+
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0: update t < warmup_steps runs at peak * t / warmup_steps, later ones at `after(t)`.
+
+    The closed form of arcface_torch's PolynomialLRWarmup (update 0 at 0). Its chained form, which its training
+    loop really runs, returns the optimizer's initial rate at update 0, a full-rate first update of a random
+    network that warm-up exists to avoid: not reproduced.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, after: keras.optimizers.schedules.LearningRateSchedule) -> None:
+        self.peak, self.warmup_steps, self.after = float(peak), int(warmup_steps), after
+
+    def __call__(self, step):
+        after = self.after(step)
+        if not self.warmup_steps:
+            return after
+        update = keras.ops.cast(step, "float32")
+        warm = self.peak * update / self.warmup_steps
+        return keras.ops.where(update < self.warmup_steps, warm, keras.ops.cast(after, "float32"))
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "after": keras.optimizers.schedules.serialize(self.after)}
+
+
+class DecayToZero(keras.optimizers.schedules.LearningRateSchedule):
+    """peak at update `start`, 0 at update `end` (never applied: the run's last update is end - 1), constant outside.
+
+    "poly": peak * (1 - f) ** power, arcface_torch's PolynomialLRWarmup after its warm-up; "cosine":
+    peak * (1 + cos(pi * f)) / 2; f = (t - start) / (end - start) clipped to [0, 1].
+    """
+
+    def __init__(self, shape: str, peak: float, start: int, end: int, power: float = 1.0) -> None:
+        if shape not in ("poly", "cosine"):
+            raise ValueError(f"lr_schedule: expected 'poly' or 'cosine', received {shape!r}")
+        if end <= start:
+            raise ValueError(f"Args: warmup_steps={start} leaves no step to decay over with lr_schedule={shape!r}: "
+                             f"the run has {end} steps (epoch x steps per epoch, capped by max_steps)")
+        self.shape, self.peak, self.start, self.end, self.power = shape, float(peak), int(start), int(end), power
+
+    def __call__(self, step):
+        update = keras.ops.cast(step, "float32")
+        fraction = keras.ops.clip((update - self.start) / (self.end - self.start), 0.0, 1.0)
+        if self.shape == "poly":
+            return self.peak * (1.0 - fraction) ** self.power
+        # (1 + cos(pi f)) / 2 as cos(pi f / 2) ** 2: the same, without float32's cancellation near the end
+        return self.peak * keras.ops.cos(0.5 * math.pi * fraction) ** 2
+
+    def get_config(self) -> dict:
+        return {"shape": self.shape, "peak": self.peak, "start": self.start, "end": self.end, "power": self.power}
+
+
+def make_schedule(lr_schedule: str, lr_values: list[float], boundaries: list[int], warmup_steps: int,
+                  total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate of each update count t (the optimizer's `iterations`, which checkpoints hold).
+
+    "piecewise": the seed's lr_values between `boundaries` (absolute update counts, warm-up or not); "poly" /
+    "cosine": from lr_values[0] at the end of warm-up to 0 at `total_steps` (lr_values[1:] and boundaries unused).
+    `warmup_steps` > 0 puts a linear warm-up to lr_values[0] in front of any of them.
+    """
+    if lr_schedule == "piecewise":
+        after = piecewise_schedule(lr_values, boundaries)
+    else:
+        after = DecayToZero(lr_schedule, lr_values[0], warmup_steps, total_steps)
+    return WarmupSchedule(lr_values[0], warmup_steps, after) if warmup_steps else after
+
+
+def make_optimizer(name: str, schedule: keras.optimizers.schedules.LearningRateSchedule, variables: list, *,
+                   momentum: float, weight_decay: float) -> keras.optimizers.Optimizer:
+    """"sgd": momentum SGD (its weight decay is the L2 term the train step adds to the loss); "adamw": AdamW with
+    torch's betas and epsilon and decoupled decay `weight_decay` on decayed_variables(variables) only.
+
+    Not built (a LossScaleOptimizer around it builds it). Keras adds AdamW's epsilon to sqrt(v) before the bias correction of v, torch after it:
+    torch's 1e-8 is Keras' 1e-8 / sqrt(1 - 0.999 ** t), which only matters for gradients below ~1e-6.
+    """
+    if name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+    elif name == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9,
+                                           beta_2=0.999, epsilon=1e-8)
+        decayed = {id(v) for v in decayed_variables(variables)}
+        optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in decayed])
+    else:
+        raise ValueError(f"optimizer: expected 'sgd' or 'adamw', received {name!r}")
+    return optimizer

@@ -4,7 +4,8 @@ Each replica computes its loss as (sum of its cross-entropies) / (global batch) 
 gradients, summed over replicas by the optimiser's all-reduce, are those of the mean loss over the global batch plus
 the weight decay once. Each replica draws its own dropout masks (see _replica_dropout_forward). Gradient
 accumulation splits each replica's batch into `grad_accum_steps` micro-batches whose gradients are summed before the
-single update.
+single update. Clipping (clip_grad_norm) scales the backbone's part of that update, summed over the micro-batches and
+the replicas and unscaled from the loss scale, to a global norm; the head's part is never clipped.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from training.optim import decayed_variables, weight_decay_loss
 
 def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, head: keras.layers.Layer,
                     optimizer: keras.optimizers.Optimizer, global_batch: int, *, weight_decay: float,
-                    grad_accum_steps: int = 1, jit_compile: bool = False) -> Callable[[tf.Tensor, tf.Tensor], dict]:
+                    grad_accum_steps: int = 1, jit_compile: bool = False, clip_grad_norm: float = 0.0,
+                    label_smoothing: float = 0.0) -> Callable[[tf.Tensor, tf.Tensor], dict]:
     """A tf.function (images, labels) -> dict of scalar metrics, summed over replicas, that updates the weights.
 
     Args:
@@ -28,6 +30,8 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, head: 
         weight_decay: factor of the L2 penalty on decayed_variables (training.optim).
         grad_accum_steps: micro-batches each replica's batch is split into before the one update.
         jit_compile: compile the forward/backward pass with XLA.
+        clip_grad_norm: the largest global norm of the backbone's gradient (model's variables); 0 = no clipping.
+        label_smoothing: eps of the smoothed cross-entropy (smoothed_cross_entropy); 0 = the plain one.
     The loss is scaled when `optimizer` is a keras.optimizers.LossScaleOptimizer (mixed_float16).
     """
     replicas = strategy.num_replicas_in_sync
@@ -35,13 +39,24 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, head: 
     decayed = decayed_variables(variables)
     scale_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
+    backbone_count = len(model.trainable_variables)
+
+    def clip_backbone(grads: list[tf.Tensor]) -> list[tf.Tensor]:
+        """The backbone's gradients, clipped as their sum over the replicas, in the loss scale's units (the optimiser
+        divides by the scale), each replica's share: the optimiser's all-reduce sums the shares to the clipped sum."""
+        if replicas > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        limit = clip_grad_norm * optimizer.dynamic_scale if scale_loss else clip_grad_norm
+        clipped, _ = tf.clip_by_global_norm(grads, limit)
+        return [g / replicas for g in clipped] if replicas > 1 else clipped
+
     forward = _replica_dropout_forward(model) if replicas > 1 else lambda images: model(images, training=True)
 
     def micro_step(images: tf.Tensor, labels: tf.Tensor):
         with tf.GradientTape() as tape:
             embeddings = forward(images)
             logits = head(embeddings, labels)
-            cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            cross_entropy = smoothed_cross_entropy(labels, logits, label_smoothing)
             inference_loss = tf.reduce_sum(cross_entropy) / global_batch
             wd_loss = weight_decay_loss(decayed, weight_decay) / (replicas * grad_accum_steps)
             loss = inference_loss + wd_loss
@@ -65,6 +80,8 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, head: 
             else:
                 grads = [g + c for g, c in zip(grads, chunk_grads)]
                 totals = {k: totals[k] + chunk_metrics[k] for k in totals}
+        if clip_grad_norm:
+            grads = clip_backbone(grads[:backbone_count]) + grads[backbone_count:]
         optimizer.apply_gradients(zip(grads, variables))
         return totals
 
@@ -81,6 +98,20 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, head: 
         }
 
     return train_step
+
+
+def smoothed_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, eps: float) -> tf.Tensor:
+    """Each row's cross-entropy against 1 - eps + eps / C on its label and eps / C on every other class.
+
+    That is logsumexp(z) - (1 - eps) z_label - eps mean(z), without the (batch, C) one-hot matrix; eps = 0 is the
+    plain sparse cross-entropy.
+    """
+    plain = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    if not eps:
+        return plain
+    # plain = logsumexp - z_label, so the smoothed loss is plain + eps (z_label - mean z).
+    label_logits = tf.gather(logits, tf.cast(labels, tf.int32), axis=1, batch_dims=1)
+    return plain + eps * (label_logits - tf.reduce_mean(logits, axis=-1))
 
 
 def random_state_variables(model: keras.Model) -> list:
