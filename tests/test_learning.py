@@ -36,7 +36,8 @@ def _inference_losses(records: list[logging.LogRecord]) -> np.ndarray:
 # (32x32 images, 300 pairs: gains 0.22/0.07/0.13 in 2-3 times the time; 16x16 at lr 0.1, 60 steps: one seed of five lost
 # accuracy.)
 FAST_LEARNING = dict(num_train_identities=16, num_eval_identities=10, images_per_identity=8, image_size=16,
-                     batch_size=16, max_steps=80, lr_values=[0.01, 0.001], lr_steps=[64], pairs_per_fold=10)
+                     batch_size=16, max_steps=80, lr_schedule="piecewise", warmup_steps=0, lr_values=[0.01, 0.001],
+                     lr_steps=[64], pairs_per_fold=10)
 FAST_GAIN_FLOOR = 0.08
 FAST_LOSS_RATIO = 0.75  # last-10 mean loss / first-10 mean loss must be below this
 

@@ -26,7 +26,7 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path):
 
     result = demo.main(demo.Args(output_dir=str(tmp_path), num_train_identities=4, num_eval_identities=6,
                                  images_per_identity=6, image_size=32, batch_size=8, max_steps=4,
-                                 lr_steps=[3], pairs_per_fold=3))
+                                 warmup_steps=1, pairs_per_fold=3))
     assert result["step"] == 4
     assert 0.0 <= result["untrained"] <= 1.0 and 0.0 <= result["trained"] <= 1.0
     assert (tmp_path / "eval" / "roc.png").is_file()
