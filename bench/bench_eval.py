@@ -83,7 +83,8 @@ def time_validation(args: Args) -> dict:
 
     before = median_seconds(lambda: validate(per_pair), args.validation_repeats)
     after = median_seconds(lambda: validate(distinct), args.validation_repeats)
-    difference = float(np.max(np.abs(np.subtract(reports["per_pair"]["distances"], reports["demo_sized"]["distances"]))))
+    difference = float(np.max(np.abs(np.subtract(reports["per_pair"]["distances"],
+                                                  reports["demo_sized"]["distances"]))))
     same_accuracy = reports["per_pair"]["accuracy_per_fold"] == reports["demo_sized"]["accuracy_per_fold"]
     log.info("%-34s %12s", f"validation, {distinct.num_pairs} pairs", "seconds")
     log.info("%-34s %12.3f", f"per pair ({per_pair.images.shape[0]} images)", before)

@@ -194,7 +194,8 @@ def measure(spec: dict) -> dict:
                         if mode == "inference" else
                         training_call(model, head, device, precision, batch, spec["image_size"], spec["num_classes"],
                                       spec["channels_last"]))
-                timing = time_calls(call, spec["warmup_steps"], spec["steps"], spec["repeats"], spec["seconds_per_config"])
+                timing = time_calls(call, spec["warmup_steps"], spec["steps"], spec["repeats"],
+                                    spec["seconds_per_config"])
                 rows.append({"mode": mode, "precision": precision, "batch": batch,
                              "images_per_second": batch / timing.seconds,
                              "median_images_per_second": batch / timing.median_seconds})

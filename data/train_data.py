@@ -54,6 +54,13 @@ MIN_READS_FOR_FRACTION = 1000
 MAX_CLASS_SPARSITY = 2.0
 
 
+# tf.data's autotuning model made tearing down a finished epoch's iterator stall for 0.7-10 s (more on a loaded
+# machine) at every epoch's end: on ORL's 9-batch epochs, up to a third of a run. Without it, AUTOTUNE parallelism
+# is min(16, schedulable cores) and the prefetch buffer still adapts; the stall is gone (docs/data.md).
+EPOCH_OPTIONS = tf.data.Options()
+EPOCH_OPTIONS.autotune.enabled = False
+
+
 class DataUnreadableError(ValueError):
     """The training data is mostly or wholly unreadable; the message names it and counts the skipped images."""
 
@@ -303,7 +310,7 @@ class TrainData:
         batches = batches.filter(lambda images, labels, usable: usable)
         batches = batches.map(lambda images, labels, usable: (normalize(images, self.channel_order), labels),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return batches.prefetch(tf.data.AUTOTUNE)
+        return batches.prefetch(tf.data.AUTOTUNE).with_options(EPOCH_OPTIONS)
 
 
 def open_train_data(source: str, image_size: Sequence[int] = (112, 112), channel_order: str = "BGR") -> TrainData:

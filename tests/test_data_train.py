@@ -232,3 +232,11 @@ def test_bad_arguments_and_sources(rec_data, tmp_path):
     (tmp_path / "no_identities").mkdir()
     with pytest.raises(ValueError, match="no identity folder"):
         open_train_data(str(tmp_path / "no_identities"))
+
+
+def test_an_epoch_runs_without_the_autotuning_model(rec_data):
+    """tf.data's autotuning model made tearing down each finished epoch's iterator stall for 0.7-10 s during training
+    (measured on ORL's 9-batch epochs: gaps at every epoch end with it, none over 0.11 s in three runs without it)."""
+    batches = rec_data.dataset(batch_size=8, epoch=0, seed=0)
+    assert batches.options().autotune.enabled is False
+    assert sum(1 for _ in batches) == rec_data.batches_per_epoch(8)

@@ -134,8 +134,9 @@ def make_optimizer(name: str, schedule: keras.optimizers.schedules.LearningRateS
     """"sgd": momentum SGD (its weight decay is the L2 term the train step adds to the loss); "adamw": AdamW with
     torch's betas and epsilon and decoupled decay `weight_decay` on decayed_variables(variables) only.
 
-    Not built (a LossScaleOptimizer around it builds it). Keras adds AdamW's epsilon to sqrt(v) before the bias correction of v, torch after it:
-    torch's 1e-8 is Keras' 1e-8 / sqrt(1 - 0.999 ** t), which only matters for gradients below ~1e-6.
+    Not built (a LossScaleOptimizer around it builds it). Keras adds AdamW's epsilon to sqrt(v) before the bias
+    correction of v, torch after it: torch's 1e-8 is Keras' 1e-8 / sqrt(1 - 0.999 ** t), which only matters for
+    gradients below ~1e-6.
     """
     if name == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
