@@ -21,15 +21,17 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import (Choices, Config, ImageSize, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
                     RequiredPath, registered_backbones, run_script)
-import keras
-import tensorflow as tf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from common.logs import add_log_file
 
 if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
     from data.augment import Augmentation
+    from losses.partial_fc import PartialFC
     from training.checkpoints import ResumePoint
 
 log = logging.getLogger("train_nets")
@@ -71,6 +73,11 @@ class Args(Config):
     # negatives whose cosine exceeds this get logit 0 and no gradient (arcface_torch's interclass filtering); 0 = off
     interclass_filtering_threshold: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     num_output: NonNegativeInt = 0  # number of classes; 0 = from the training data (the seed hard-coded 85164 for MS1M)
+    # Partial FC (arcface_torch's): the class weights sharded over the replicas, each a contiguous range of classes
+    # with its optimizer state, and the softmax computed across them; for 100k to millions of identities
+    partial_fc: bool = False
+    # with partial_fc: the fraction of each shard's classes in each step (the batch's classes always are); 1 = all
+    sample_rate: Annotated[float, Range(0, 1, low_open=True)] = 1.0
     # --- data (data/) ---
     # identity folders, a train.rec, or TFRecord file(s)/folder/glob
     train_dataset_dir: RequiredPath = "./datasets/train"
@@ -169,6 +176,12 @@ def validate_args(args: Args) -> None:
     from losses.margins import check_margin_options
 
     check_margin_options(args.loss, args.easy_margin, args.interclass_filtering_threshold)
+    if args.sample_rate < 1.0 and not args.partial_fc:
+        raise ValueError(f"Args: sample_rate={args.sample_rate} samples the classes of a Partial FC head: set "
+                         "partial_fc=true, or leave sample_rate=1.0")
+    if args.partial_fc and (args.jit_compile or args.label_smoothing):
+        raise ValueError("Args: partial_fc=true cannot take jit_compile=true (its sampled class count changes every "
+                         "step) or label_smoothing > 0 (its classes are spread over the replicas): turn those off")
     if args.batch_size % args.grad_accum_steps:
         raise ValueError(f"Args: batch_size={args.batch_size} must be a multiple of "
                          f"grad_accum_steps={args.grad_accum_steps}")
@@ -178,6 +191,9 @@ def validate_args(args: Args) -> None:
 
 def train(args: Args, strategy: tf.distribute.Strategy | None = None) -> dict:
     """Runs (or resumes) the training that `args` describes; returns the final step, losses and paths."""
+    import keras
+    import tensorflow as tf
+
     validate_args(args)
     strategy = strategy or tf.distribute.get_strategy()
     previous_policy = keras.mixed_precision.global_policy()
@@ -192,13 +208,13 @@ def train(args: Args, strategy: tf.distribute.Strategy | None = None) -> dict:
 
 
 def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
+    import tensorflow as tf
+
     from data.train_data import open_train_data
     from eval.sets import load_verification_sets
-    from losses import make_head
-    from nets.spec import NetworkSpec
     from training import checkpoints
-    from training.optim import decayed_variables, lr_boundaries, make_optimizer, make_schedule
-    from training.step import make_train_step, random_state_variables
+    from training.optim import decayed_variables, lr_boundaries, make_schedule
+    from training.step import distributed_batches, make_train_step
 
     # --- set-up: seed, replicas, output folders ---
     keras.utils.set_random_seed(args.seed)
@@ -243,25 +259,14 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
              args.train_dataset_dir, data.num_images, num_classes, data.format, steps_per_epoch, replicas)
 
     # --- network, head, optimiser, checkpoint ---
-    with strategy.scope():
-        model = NetworkSpec.from_mapping(args.to_dict()).build()
-        head = make_head(args.loss, num_classes, **args.head_margins(), seed=args.seed, easy_margin=args.easy_margin,
-                         interclass_filtering_threshold=args.interclass_filtering_threshold)
-        head.build((None, args.embedding_size))
-        boundaries = lr_boundaries(args.lr_steps, args.batch_size, args.lr_steps_scaled, args.lr_steps_as_seed_ran)
-        schedule = make_schedule(args.lr_schedule, args.lr_values, boundaries, args.warmup_steps, total_steps)
-        variables = model.trainable_variables + head.trainable_variables
-        optimizer = make_optimizer(args.optimizer, schedule, variables, momentum=args.momentum,
-                                   weight_decay=args.weight_decay)
-        if args.mixed_precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(variables)
+    boundaries = lr_boundaries(args.lr_steps, args.batch_size, args.lr_steps_scaled, args.lr_steps_as_seed_ran)
+    schedule = make_schedule(args.lr_schedule, args.lr_values, boundaries, args.warmup_steps, total_steps)
+    model, head, optimizer = build_training_objects(args, num_classes, strategy, schedule)
+    # Decayed: the optimiser's decayed_variables, and a Partial FC head's shards (its own AdamW, or L2 in the step).
+    optimised = model.trainable_variables + ([] if args.partial_fc else head.trainable_variables)
+    decayed = len(decayed_variables(optimised)) + (len(head.shards) if args.partial_fc else 0)
     progress = checkpoints.Progress()  # plain host variables, read by the Python loop
-    # Keras keeps the dropout RNG state outside the object graph that tf.train.Checkpoint follows: save it
-    # explicitly so that a resumed run draws the same masks as an uninterrupted one.
-    random_states = random_state_variables(model)
-    checkpoint = tf.train.Checkpoint(model=model, head=head, optimizer=optimizer, progress=progress,
-                                     random_states=random_states)
+    checkpoint = run_checkpoint(model, head, optimizer, progress)
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=args.saver_maxkeep,
                                          checkpoint_name=checkpoints.CHECKPOINT_NAME, step_counter=progress.step)
     best_manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir / checkpoints.BEST_DIR), max_to_keep=1,
@@ -269,6 +274,7 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     saved_variables = model.weights + head.weights + optimizer.variables  # what save_checkpoint checks
     last_good = resume.latest  # the newest checkpoint that reads back and whose weights are usable
     if resume.latest:
+        checkpoints.check_head_layout(resume.latest, head)
         checkpoints.restore_run(checkpoint, resume.latest)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume.latest,
                  int(progress.step), int(progress.epoch), int(progress.batch_in_epoch))
@@ -280,8 +286,14 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     else:
         log.info("lr %s: %g after %d warm-up steps to 0 at step %d", args.lr_schedule, args.lr_values[0],
                  args.warmup_steps, total_steps)
-    log.info("%s; %d weights decayed by %g (%s)", args.optimizer, len(decayed_variables(variables)),
+    log.info("%s; %d weights decayed by %g (%s)", args.optimizer, decayed,
              args.weight_decay, "decoupled" if args.optimizer == "adamw" else "L2 in the loss")
+
+    if args.partial_fc:
+        log.info("Partial FC: %s classes in %d shards; this worker's shards %s hold %s MB each (weights and optimizer "
+                 "state); sample_rate %g", f"{num_classes:,}", strategy.num_replicas_in_sync,
+                 [f"{start}-{end - 1}" for start, end in head.ranges],
+                 [round(size / 2**20, 1) for size in head.replica_bytes()], args.sample_rate)
 
     # --- the loop ---
     l2_in_loss = args.weight_decay if args.optimizer == "sgd" else 0.0  # adamw decays in its update instead
@@ -296,10 +308,10 @@ def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
     with logging_redirect_tqdm(), writer.as_default():
         while step < total_steps:
             epoch, skip = int(progress.epoch), int(progress.batch_in_epoch)
-            batches = data.dataset(global_batch, epoch=epoch, seed=args.seed, skip_batches=skip,
-                                   augmentation=augmentation)
-            if replicas > 1:
-                batches = strategy.experimental_distribute_dataset(batches)
+            # Each worker reads only its part of every global batch (called at once: epoch and skip are this epoch's).
+            batches = distributed_batches(strategy, lambda shard: data.dataset(
+                global_batch, epoch=epoch, seed=args.seed, skip_batches=skip, augmentation=augmentation, shard=shard),
+                global_batch)
             for images, labels in batches:
                 metrics = {k: float(v) for k, v in train_step(images, labels).items()}
                 step += 1
@@ -367,6 +379,80 @@ class _SampleRate:
             self.bar.unpause()  # tqdm restarts its clock from its last print: the pause is not in its rate
 
 
+def build_training_objects(args: Args, num_classes: int, strategy: tf.distribute.Strategy,
+                           schedule: keras.optimizers.schedules.LearningRateSchedule, head: PartialFC | None = None,
+                           ) -> tuple[keras.Model, keras.layers.Layer | PartialFC, keras.optimizers.Optimizer]:
+    """The network, head and built optimiser of a run (what its checkpoints hold, with run_checkpoint), under the
+    mixed-precision policy already set. `head`: a Partial FC head made by make_partial_fc_head (default: made here
+    when args.partial_fc)."""
+    import keras
+
+    from losses import make_head
+    from nets.spec import NetworkSpec
+    from training.optim import make_optimizer
+
+    # A Partial FC head's shards are plain variables, one on each replica's device: made outside the strategy's
+    # scope, which would mirror them.
+    if head is None and args.partial_fc:
+        head = make_partial_fc_head(args, num_classes, strategy)
+    with strategy.scope():
+        model = NetworkSpec.from_mapping(args.to_dict()).build()
+        if head is None:
+            head = make_head(args.loss, num_classes, **args.head_margins(), seed=args.seed,
+                             easy_margin=args.easy_margin,
+                             interclass_filtering_threshold=args.interclass_filtering_threshold)
+            head.build((None, args.embedding_size))
+        # The optimiser's variables: a Partial FC head updates its own shards (PartialFC.apply).
+        variables = model.trainable_variables + ([] if args.partial_fc else head.trainable_variables)
+        optimizer = make_optimizer(args.optimizer, schedule, variables, momentum=args.momentum,
+                                   weight_decay=args.weight_decay)
+        if args.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(variables)
+    return model, head, optimizer
+
+
+def run_checkpoint(model: keras.Model, head: keras.layers.Layer | PartialFC, optimizer: keras.optimizers.Optimizer,
+                   progress: tf.Module) -> tf.train.Checkpoint:
+    """What every checkpoint of a run holds. Keras keeps the dropout RNG state outside the object graph that
+    tf.train.Checkpoint follows: it is saved explicitly so that a resumed run draws the masks of an uninterrupted one."""
+    import tensorflow as tf
+
+    from training.step import random_state_variables
+
+    return tf.train.Checkpoint(model=model, head=head, optimizer=optimizer, progress=progress,
+                               random_states=random_state_variables(model))
+
+
+def make_partial_fc_head(args: Args, num_classes: int, strategy: tf.distribute.Strategy,
+                         num_shards: int | None = None) -> PartialFC:
+    """The Partial FC head of `args` with one shard on each of this worker's replica devices, created (and to be
+    called) outside the strategy's scope; every replica's shard is the one of its global replica id. `num_shards`:
+    instead, that many shards all on the default device (to read or write a checkpoint, not to train)."""
+    import tensorflow as tf
+
+    from losses.partial_fc import PartialFC
+
+    if num_shards is not None:
+        devices, replica_ids, total = [None] * num_shards, list(range(num_shards)), num_shards
+    else:
+        try:
+            devices = list(strategy.extended.worker_devices)
+        except RuntimeError:  # the default strategy (one device, no tf.distribute) has no device list
+            devices = [None]
+        replica_ids = [int(i) for i in strategy.experimental_local_results(
+            strategy.run(lambda: tf.distribute.get_replica_context().replica_id_in_sync_group))]
+        total = strategy.num_replicas_in_sync
+    if replica_ids != list(range(replica_ids[0], replica_ids[0] + len(devices))):
+        raise RuntimeError(f"Partial FC needs this worker's replicas numbered in a row; tf.distribute gave {replica_ids}")
+    l2_in_loss = args.optimizer == "sgd"  # adamw decays in its update instead (as make_optimizer)
+    return PartialFC(num_classes, args.embedding_size, loss=args.loss, margins=args.head_margins(),
+                     sample_rate=args.sample_rate, seed=args.seed, easy_margin=args.easy_margin,
+                     interclass_filtering_threshold=args.interclass_filtering_threshold, devices=devices,
+                     first_shard=replica_ids[0], num_shards=total, optimizer=args.optimizer,
+                     momentum=args.momentum, weight_decay=0.0 if l2_in_loss else args.weight_decay)
+
+
 def _find_resume_point(args: Args, ckpt_dir: Path) -> ResumePoint:
     """The checkpoint to resume from, found from the files (training.checkpoints.find_resume_point), after removing
     the temp folders of interrupted saves; newer checkpoints that cannot be read back are set aside, kept."""
@@ -403,16 +489,19 @@ def _show(bar: tqdm, epoch: int, step: int, m: dict[str, float]) -> None:
     bar.set_postfix(loss=f"{m['total_loss']:.3f}", ce=f"{m['inference_loss']:.3f}", wd=f"{m['wd_loss']:.3f}",
                     acc=f"{m['accuracy']:.3f}", acc_plain=f"{m['accuracy_plain']:.3f}", lr=f"{m['learning_rate']:.2g}",
                     img_s=f"{m['samples_per_sec']:.1f}", refresh=False)
+    sampled = f", {m['sampled_classes']:.0f} classes sampled" if "sampled_classes" in m else ""
     log.info("epoch %d, total_step %d, total loss %.3f, inference loss %.3f, weight decay loss %.3f, training accuracy "
-             "%.4f (plain logits %.4f), lr %.2g, %.1f samples/sec", epoch, step, m["total_loss"], m["inference_loss"],
-             m["wd_loss"], m["accuracy"], m["accuracy_plain"], m["learning_rate"], m["samples_per_sec"])
+             "%.4f (plain logits %.4f), lr %.2g, %.1f samples/sec%s", epoch, step, m["total_loss"], m["inference_loss"],
+             m["wd_loss"], m["accuracy"], m["accuracy_plain"], m["learning_rate"], m["samples_per_sec"], sampled)
 
 
 def _write_summaries(step: int, metrics: dict[str, float], model: keras.Model, head: keras.layers.Layer) -> None:
+    import tensorflow as tf
+
     for key, value in metrics.items():
         tf.summary.scalar(key, value, step=step)
-    for variable in model.trainable_variables + head.trainable_variables:
-        tf.summary.histogram(variable.path, variable.value, step=step)
+    for variable in model.trainable_variables + list(head.trainable_variables):
+        tf.summary.histogram(getattr(variable, "path", variable.name), tf.convert_to_tensor(variable), step=step)
 
 
 # TensorBoard tag (validation/<set>/<tag>) of each report number logged at every validation.
@@ -421,6 +510,8 @@ VALIDATION_SCALARS = {"accuracy_mean": "accuracy", "val": "val_at_far", "auc": "
 
 def _validate(args: Args, step: int, model: keras.Model, validation_sets: list, progress, best_manager,
               ckpt_dir: Path, saved_variables: list) -> None:
+    import tensorflow as tf
+
     from deploy.preprocessing import save_keras
     from training import checkpoints, validation
 

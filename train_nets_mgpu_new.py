@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import Choices, NonNegativeInt, PositiveInt, run_script
-import tensorflow as tf
 
 import train_nets
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger("train_nets_mgpu_new")
 
@@ -37,6 +39,8 @@ def make_strategy(num_gpus: int, multi_worker: bool = False) -> tf.distribute.St
 
     Must run before TensorFlow initialises its devices (it configures logical CPUs when no GPU is present).
     """
+    import tensorflow as tf
+
     if num_gpus < 1:
         raise ValueError(f"Args: num_gpus={num_gpus} must be at least 1")
     gpus = tf.config.list_physical_devices("GPU")

@@ -18,20 +18,19 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import Config, PositiveInt, Range, RequiredPath, run_script
-import tensorflow as tf
-
 from data.augment import Augmentation
 from data.bin_dataset import load_bin, write_bin
 from data.image_folders import FolderImages
 from data.recordio import write_recordio
 from data.synthetic import generate
-from data.tfrecords import write_tfrecords
-from data.train_data import TrainData, open_train_data
 from timing import write_results
+
+if TYPE_CHECKING:  # TensorFlow is imported where it is used, so that --help and a bad value do not load it
+    from data.train_data import TrainData
 
 log = logging.getLogger("bench_input_pipeline")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,6 +61,8 @@ AUGMENTATIONS = {
 
 def prepare(args: Args) -> dict[str, Path]:
     """Generates the data sets once (kept in work_dir); returns {format: path}."""
+    from data.tfrecords import write_tfrecords
+
     work = Path(args.work_dir)
     folder = generate(work / "folder", args.num_identities, args.images_per_identity, seed=0)
     images = FolderImages(folder)
@@ -83,6 +84,8 @@ def prepare(args: Args) -> dict[str, Path]:
 def time_epoch(source: Path, batch_size: int) -> dict[str, float]:
     """Images per second of one epoch, after a warm-up epoch (file cache and tf.data autotuning), and the CPU time
     the process spent per image (all threads): on a shared machine, 1 / that is the rate per free core."""
+    from data.train_data import open_train_data
+
     data = open_train_data(str(source))
     for _ in data.dataset(batch_size, epoch=0, seed=0):
         pass
@@ -103,6 +106,8 @@ def time_warm_epoch(data: TrainData, batch_size: int, augmentation: Augmentation
 
 def time_augmentations(source: Path, batch_size: int) -> dict[str, dict[str, float]]:
     """`time_warm_epoch` of each of AUGMENTATIONS on one warm data set, with its ratio to the flip-only epoch."""
+    from data.train_data import open_train_data
+
     data = open_train_data(str(source))
     for _ in data.dataset(batch_size, epoch=0, seed=0):
         pass
@@ -129,6 +134,8 @@ def time_bin(path: Path) -> dict[str, float]:
 
 
 def main(args: Args) -> None:
+    import tensorflow as tf
+
     paths = prepare(args)
     load_before = os.getloadavg()
     results = {fmt: time_epoch(paths[fmt], args.batch_size) for fmt in ("folder", "recordio", "tfrecord")}

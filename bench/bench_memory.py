@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # JAX would otherwise reserve most of the GPU in every process, this one included; the peaks are read per process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -41,12 +41,14 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import (Choices, Config, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
                     registered_backbones, run_script)  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench_model import Args as ModelArgs, build_networks, make_backend, output_path, run_conditions  # noqa: E402
 from timing import write_results  # noqa: E402
+
+if TYPE_CHECKING:  # Keras (and its backend) is imported where it is used: --help and a bad value need none of it
+    import keras
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_memory")
@@ -111,6 +113,8 @@ def _is_out_of_memory(error: Exception) -> bool:
 
 def _limit_gpu_memory(cap_bytes: int) -> None:
     """Under TensorFlow, makes the first GPU a logical device of `cap_bytes` (before the runtime starts)."""
+    import keras
+
     if keras.backend.backend() != "tensorflow":
         return
     import tensorflow as tf
@@ -135,6 +139,8 @@ def backbone_probe(model_args: dict, precision: str, batch: int, steps: int) -> 
 
 def seed_test_net(batch_norm: bool, prelu: bool) -> keras.Model:
     """The seed's max-batch-size test net (a linear conv stack when neither batch norm nor PReLU is used)."""
+    import keras
+
     inputs = keras.Input((28, 28, 1))
     x = inputs
     for index, (filters, stride) in enumerate(SEED_NET_CONVS):
@@ -150,6 +156,8 @@ def seed_test_net(batch_norm: bool, prelu: bool) -> keras.Model:
 
 def seed_net_probe(variant: str, batch: int, steps: int, gpu_cap_bytes: int) -> dict:
     """Child: `steps` SGD steps of the seed's test net at `batch`; its peak memory, or out_of_memory."""
+    import keras
+
     _limit_gpu_memory(gpu_cap_bytes)
     backend = make_backend(ModelArgs())
     model = seed_test_net(*SEED_VARIANTS[variant])

@@ -33,17 +33,19 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import TYPE_CHECKING, Annotated, Callable
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import (Choices, Config, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range,
                     registered_backbones, run_script)
-import keras
-
-from losses import MarginHead
-from nets import get_backbone
 from call_timing import time_calls
 from timing import write_results
+
+# Keras (and the backend it loads) is imported in the functions that use it: --help and a bad value need neither.
+if TYPE_CHECKING:
+    import keras
+
+    from losses import MarginHead
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_model")
@@ -133,6 +135,8 @@ class NetworkCost:
 
 
 def _leaf_layers(model: keras.Model):
+    import keras
+
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             yield from _leaf_layers(layer)
@@ -144,22 +148,26 @@ def _kernels(layer: keras.layers.Layer) -> list:
     return [w for w in layer.weights if w.path.rsplit("/", 1)[-1] in ("kernel", "depthwise_kernel", "pointwise_kernel")]
 
 
-# Layers whose MACs per output position are the size of their kernel(s): every output position of a (grouped,
-# depthwise or separable) convolution or a dense layer multiplies the whole kernel once.
-_COUNTED = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv1D,
+def _counted_layer_types() -> tuple[type, ...]:
+    """Layers whose MACs per output position are the size of their kernel(s): every output position of a (grouped,
+    depthwise or separable) convolution or a dense layer multiplies the whole kernel once."""
+    import keras
+
+    return (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv1D,
             keras.layers.DepthwiseConv2D, keras.layers.SeparableConv1D, keras.layers.SeparableConv2D,
             keras.layers.Dense)
 
 
 def count_cost(model: keras.Model, head_macs: int) -> NetworkCost:
     """MACs per image of a built functional model; ValueError on a layer with a kernel it cannot count."""
+    counted = _counted_layer_types()
     forward = input_gradient = 0
     inputs = {id(tensor) for tensor in model.inputs}
     for layer in _leaf_layers(model):
         kernels = _kernels(layer)
         if not kernels:
             continue
-        if not isinstance(layer, _COUNTED):
+        if not isinstance(layer, counted):
             raise ValueError(f"bench_model: cannot count the MACs of layer {layer.name} ({type(layer).__name__}); "
                              "extend count_cost for it")
         shape = layer.output.shape
@@ -286,6 +294,8 @@ class JaxBackend:
 
     def training_step(self, model: keras.Model, head: MarginHead, precision: str, batch: int, xla: bool,
                       num_classes: int, weight_decay: float) -> Callable[[], None]:
+        import keras
+
         from losses import sparse_softmax_cross_entropy
         from training.optim import decayed_variables, weight_decay_loss
 
@@ -352,6 +362,8 @@ class JaxBackend:
 
 def make_backend(args: Args) -> TensorFlowBackend | JaxBackend:
     """The backend of KERAS_BACKEND (tensorflow or jax); ValueError for another."""
+    import keras
+
     backends = {"tensorflow": TensorFlowBackend, "jax": JaxBackend}
     name = keras.backend.backend()
     if name not in backends:
@@ -361,6 +373,8 @@ def make_backend(args: Args) -> TensorFlowBackend | JaxBackend:
 
 def make_optimizer(precision: str, variables: list) -> keras.optimizers.Optimizer:
     """train_nets.py's optimiser (SGD, momentum 0.9; loss scaling under mixed_float16), built for `variables`."""
+    import keras
+
     optimizer = keras.optimizers.SGD(learning_rate=0.001, momentum=0.9)
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -447,6 +461,11 @@ class Row:
 
 def build_networks(args: Args, precision: str) -> tuple[keras.Model, MarginHead, NetworkCost]:
     """The backbone and margin head under the Keras dtype policy `precision`, and the backbone's cost."""
+    import keras
+
+    from losses import MarginHead
+    from nets import get_backbone
+
     keras.mixed_precision.set_global_policy(precision)
     model = get_backbone(args.backbone, image_size=args.image_size, seed=0)
     head = MarginHead(args.num_classes, loss="arcface", seed=0)
@@ -465,6 +484,8 @@ def resolve_xla(choice: str, backend) -> list[bool]:
 
 def measure_precision(args: Args, backend, precision: str, xla_modes: list[bool], bar) -> tuple[list[Row], NetworkCost]:
     """Every inference and training configuration of one precision (one built model)."""
+    import keras
+
     model, head, cost = build_networks(args, precision)
     rows = []
     for xla in xla_modes:
@@ -572,6 +593,8 @@ def log_table(rows: list[Row], peaks: dict[str, list[dict]], limits: dict[str, f
 
 def run_conditions() -> dict:
     """What the figures depend on besides the code: CPU count, load and the environment variables that matter."""
+    import keras
+
     names = ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
              "OMP_NUM_THREADS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
     return {"cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),

@@ -28,17 +28,19 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import TYPE_CHECKING, Annotated, Callable
 
 # config first: run as a script, it quiets TensorFlow's start-up log, which must happen before TensorFlow loads.
 from config import Choices, Config, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range, run_script
-import keras
-
 from bench_model import TensorFlowBackend, cpu_name, make_optimizer, output_path, run_conditions
-from losses import MarginHead
-from nets import get_backbone
 from call_timing import time_calls
 from timing import tests_module, write_results
+
+# Keras is imported in the functions that use it: --help and a bad value need no Keras (gpu_peer.py no TensorFlow).
+if TYPE_CHECKING:
+    import keras
+
+    from losses import MarginHead
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_peer")
@@ -168,6 +170,11 @@ def build_networks(depth: int, image_size: int, dropout_rate: float, num_classes
                    precision: str) -> tuple[keras.Model, MarginHead]:
     """LResNet<depth>E-IR and its ArcFace head under the Keras dtype policy `precision` (left set: the caller
     resets it)."""
+    import keras
+
+    from losses import MarginHead
+    from nets import get_backbone
+
     keras.mixed_precision.set_global_policy(precision)
     model = get_backbone(f"LResNet{depth}E-IR", image_size=image_size, dropout_rate=dropout_rate, seed=0)
     head = MarginHead(num_classes, loss="arcface", seed=0)
@@ -177,6 +184,8 @@ def build_networks(depth: int, image_size: int, dropout_rate: float, num_classes
 
 def measure_ours(args: Args, backend: TensorFlowBackend) -> tuple[list[dict], int]:
     """Our rows (mode, precision, batch, images/s) and the network's weight count."""
+    import keras
+
     rows = []
     for precision in args.precisions:
         model, head = build_networks(args.depth, args.image_size, args.dropout_rate, args.num_classes, precision)

@@ -23,9 +23,9 @@ import sys
 import time
 from typing import Annotated
 
+# config first: run as a script, it quiets TensorFlow's start-up log. Keras (on JAX) is imported where it is used:
+# --help and a bad value need none of it.
 from config import Choices, Config, Length, NonNegativeInt, OptionalPath, PositiveFloat, PositiveInt, Range, run_script
-import keras
-
 from bench_model import JaxBackend, output_path, run_conditions
 from bench_peer import build_networks, run_peer, weight_count
 from call_timing import time_calls
@@ -72,6 +72,8 @@ def torch_spec(args: Args, depth: int, device: str, channels_last: bool) -> dict
 
 def measure_ours(args: Args, backend: JaxBackend, depth: int) -> tuple[dict, int]:
     """{mode: images/s} of our LResNet<depth>E-IR, mixed_bfloat16, and its weight count."""
+    import keras
+
     model, head = build_networks(depth, args.image_size, args.dropout_rate, args.num_classes, "mixed_bfloat16")
     calls = {"inference": backend.inference_step(model, args.batch_size, True),
              "training": backend.training_step(model, head, "mixed_bfloat16", args.batch_size, True,
@@ -86,6 +88,8 @@ def measure_ours(args: Args, backend: JaxBackend, depth: int) -> tuple[dict, int
 
 
 def main(args: Args) -> dict:
+    import keras
+
     apply_quick(args)
     if keras.backend.backend() != "jax":
         raise ValueError(f"gpu_peer: KERAS_BACKEND={keras.backend.backend()!r}; this script measures Keras on jax")

@@ -164,9 +164,24 @@ def summarise_peer(report: dict) -> tuple[list[tuple[str, str, str]], str]:
     return rows, conditions
 
 
+def summarise_partial_fc(report: dict) -> tuple[list[tuple[str, str, str]], str]:
+    rows = []
+    for r in report["results"]:
+        head = "full head" if r["sample_rate"] is None else f"partial_fc {r['sample_rate']:g} x{r['replicas']}"
+        figure = f"head step, {r['num_classes']} classes, {head}"
+        if "median_ms" not in r:
+            rows.append((figure, "skipped" if r.get("skipped") else "died", ""))
+            continue
+        ratio = "" if r["ratio_to_full"] is None else f" = {r['ratio_to_full']:.2f}x the full head"
+        rows.append((figure, f"{r['median_ms']:.0f} ms{ratio}, "
+                     f"{r['analytic_bytes_per_replica'] / 2**20:.0f} MiB per replica", ""))
+    return rows, f"{report['device']}, {_load(report, 'conditions_before', 'conditions_after')}"
+
+
 SUMMARISERS: dict[str, Callable[[dict], tuple[list[tuple[str, str, str]], str]]] = {
     "model": summarise_model, "memory": summarise_memory, "input_pipeline": summarise_input_pipeline,
     "eval": summarise_eval, "align": summarise_align, "export": summarise_export, "peer": summarise_peer,
+    "partial_fc": summarise_partial_fc,
 }
 
 

@@ -20,7 +20,6 @@ from typing import Iterator
 from config import Config, OptionalPath, PositiveInt, RequiredPath, run_script
 from data.image_folders import FolderImages
 from data.recordio import RecordIOImages
-from data.tfrecords import write_tfrecords
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,8 @@ def _samples(images: RecordIOImages | FolderImages) -> Iterator[tuple[bytes, int
 
 def convert(args: Args) -> list[Path]:
     """Writes the shards; returns their paths."""
+    from data.tfrecords import write_tfrecords  # TensorFlow: imported here so that --help does not load it
+
     source = Path(args.bin_path)
     if source.is_dir():
         images: RecordIOImages | FolderImages = FolderImages(source)

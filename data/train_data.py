@@ -229,13 +229,18 @@ class TrainData:
         return decode_to_size(encoded, self.images.describe(position), self.image_size), label
 
     def load_batch(self, positions: np.ndarray, flip_seed: Sequence[int] | None,
-                   augmentation: Augmentation | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Reads and decodes the samples at `positions`: (RGB uint8 [B,H,W,3], int64 labels [B], usable).
+                   augmentation: Augmentation | None = None,
+                   rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Reads and decodes the samples at `positions[rows]`: (RGB uint8 [B,H,W,3], int64 labels [B], usable).
 
-        Unreadable samples are replaced by readable ones of the same batch; `usable` is False when none is readable.
+        Unreadable samples are replaced by readable ones of the same rows; `usable` is False when none is readable.
         With `flip_seed`, each image is flipped left-right with probability 1/2 drawn from that seed, after
-        `augmentation` (if any) drew from the same generator (the draw order is data.augment's).
+        `augmentation` (if any) drew from the same generator (the draw order is data.augment's). The draws are those
+        of the whole batch `positions`, so each row of a part (a worker's shard) is flipped and augmented as in the
+        whole batch.
         """
+        whole_batch = len(positions)
+        positions = positions[rows]
         height, width = self.image_size
         images = np.empty((len(positions), height, width, 3), dtype=np.uint8)
         labels = np.empty(len(positions), dtype=np.int64)
@@ -257,15 +262,32 @@ class TrainData:
         images[bad_rows], labels[bad_rows] = images[replacements], labels[replacements]
         if flip_seed is not None:
             rng = np.random.default_rng(list(flip_seed))
-            flips = rng.random(len(positions)) < 0.5  # drawn first: the flips of the flip-only pipeline
+            flips = (rng.random(whole_batch) < 0.5)[rows]  # drawn first: the flips of the flip-only pipeline
             if augmentation is not None and augmentation.enabled:
-                augmentation.apply(images, rng)
+                images = self._augment_rows(images, augmentation, rng, whole_batch, rows)
             for row in np.flatnonzero(flips):
                 cv2.flip(images[row], 1, dst=images[row])  # 20x faster than numpy's reversed-stride copy
         return images, labels, True
 
+    @staticmethod
+    def _augment_rows(images: np.ndarray, augmentation: Augmentation, rng: np.random.Generator, whole_batch: int,
+                      rows: slice) -> np.ndarray:
+        """`images` (rows `rows` of a batch of `whole_batch`) augmented with the draws of the whole batch.
+
+        data.augment draws per batch (one block of uniforms for all rows, then the cutout noise image by image), so a
+        part is augmented inside a whole-batch buffer whose other rows are blank: exact, at the cost of augmenting
+        the blank rows (the decoding, the larger cost, is still done only for the part)."""
+        if len(images) == whole_batch:
+            augmentation.apply(images, rng)
+            return images
+        buffer = np.zeros((whole_batch, *images.shape[1:]), dtype=images.dtype)
+        buffer[rows] = images
+        augmentation.apply(buffer, rng)
+        return np.ascontiguousarray(buffer[rows])
+
     def dataset(self, batch_size: int, epoch: int, seed: int, skip_batches: int = 0,
-                augment: bool = True, augmentation: Augmentation | None = None) -> tf.data.Dataset:
+                augment: bool = True, augmentation: Augmentation | None = None,
+                shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
         """One epoch of `(images float32 [batch_size, H, W, 3] normalised in channel_order, labels int64 [batch_size])`.
 
         Args:
@@ -275,11 +297,21 @@ class TrainData:
             skip_batches: batches of this epoch already consumed (resume); they are not read.
             augment: random left-right flip (the seed's only augmentation); False also leaves out `augmentation`.
             augmentation: the other random operations (data.augment), fixed like the flips by (seed, epoch, batch).
+            shard: (index, count): only rows [index * B / count, (index + 1) * B / count) of each batch of B =
+                `batch_size` are read and yielded, flipped and augmented as in the whole batch: worker `index` of
+                `count` reads its own part of the global batch, and the parts of all workers, concatenated in index
+                order, are the unsharded batch. An unreadable image is replaced by another of the same part.
         """
         num_batches = self.batches_per_epoch(batch_size) if batch_size > 0 else 0
         if batch_size < 1 or num_batches == 0:
             raise ValueError(f"batch_size={batch_size}: expected 1..{self.num_images} (the data set has "
                              f"{self.num_images} images)")
+        index, count = shard
+        if not (count >= 1 and 0 <= index < count and batch_size % count == 0):
+            raise ValueError(f"shard={shard}: expected (index, count) with 0 <= index < count and count dividing "
+                             f"batch_size={batch_size}")
+        part = batch_size // count
+        rows = slice(index * part, (index + 1) * part)
         if seed < 0 or epoch < 0 or not 0 <= skip_batches <= num_batches:
             raise ValueError(f"seed={seed}, epoch={epoch}, skip_batches={skip_batches}: expected seed >= 0, "
                              f"epoch >= 0 and 0 <= skip_batches <= {num_batches} (batches per epoch)")
@@ -291,7 +323,7 @@ class TrainData:
         def load(batch_index: np.int64) -> tuple[np.ndarray, np.ndarray, bool]:
             start = int(batch_index) * batch_size
             flip_seed = (seed, epoch, int(batch_index)) if augment else None
-            batch = self.load_batch(order[start:start + batch_size], flip_seed, augmentation)
+            batch = self.load_batch(order[start:start + batch_size], flip_seed, augmentation, rows)
             with self._skipped_lock:
                 this_pass["batches_left"] -= 1
                 this_pass["usable"] += int(batch[2])
@@ -300,8 +332,8 @@ class TrainData:
         def load_tensors(batch_index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             images, labels, usable = tf.numpy_function(load, [batch_index], (tf.uint8, tf.int64, tf.bool),
                                                        name="load_batch")
-            images.set_shape((batch_size, *self.image_size, 3))
-            labels.set_shape((batch_size,))
+            images.set_shape((part, *self.image_size, 3))
+            labels.set_shape((part,))
             usable.set_shape(())
             return images, labels, usable
 

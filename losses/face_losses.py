@@ -100,20 +100,37 @@ def margin_logits(cos, labels, *, s: float, m1: float = 1.0, m2: float = 0.0, m3
     return s * (cos + mask * (target - cos))
 
 
+def loss_logits(loss: str, cos, labels, margins: dict[str, float], easy_margin: bool = False,
+                interclass_filtering_threshold: float = 0.0):
+    """The margin logits of a cosine loss ("arcface", "cosface" or "combined") from its cosines [N, C]; `margins`:
+    the loss's (s, m) or (s, m1, m2, m3). What arcface_logits, cosface_logits and combined_margin_logits compute
+    after their cosine, for heads that also need the cosines themselves (one matmul for both)."""
+    filtering = interclass_filtering_threshold
+    if loss == "arcface":
+        return margin_logits(cos, labels, s=margins["s"], m2=margins["m"], arcface_fallback=True,
+                             easy_margin=easy_margin, interclass_filtering_threshold=filtering)
+    if loss == "cosface":  # no angle to limit: easy_margin is refused earlier (margins.check_margin_options)
+        return margin_logits(cos, labels, s=margins["s"], m3=margins["m"], interclass_filtering_threshold=filtering)
+    if loss == "combined":
+        return margin_logits(cos, labels, s=margins["s"], m1=margins["m1"], m2=margins["m2"], m3=margins["m3"],
+                             easy_margin=easy_margin, interclass_filtering_threshold=filtering)
+    raise ValueError(f"loss_logits: expected a cosine loss (arcface, cosface, combined), received {loss!r}")
+
+
 def arcface_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["arcface"]["s"],
                    m: float = DEFAULT_MARGINS["arcface"]["m"], easy_margin: bool = False,
                    interclass_filtering_threshold: float = 0.0):
     """ArcFace (additive angular margin) logits [N, C], with the seed's fallback past theta = pi - m (or, with
     easy_margin, no margin where theta >= pi/2)."""
-    return margin_logits(cosine(embeddings, weights), labels, s=s, m2=m, arcface_fallback=True,
-                         easy_margin=easy_margin, interclass_filtering_threshold=interclass_filtering_threshold)
+    return loss_logits("arcface", cosine(embeddings, weights), labels, {"s": s, "m": m}, easy_margin,
+                       interclass_filtering_threshold)
 
 
 def cosface_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["cosface"]["s"],
                    m: float = DEFAULT_MARGINS["cosface"]["m"], interclass_filtering_threshold: float = 0.0):
     """CosineFace (additive cosine margin) logits [N, C]."""
-    return margin_logits(cosine(embeddings, weights), labels, s=s, m3=m,
-                         interclass_filtering_threshold=interclass_filtering_threshold)
+    return loss_logits("cosface", cosine(embeddings, weights), labels, {"s": s, "m": m},
+                       interclass_filtering_threshold=interclass_filtering_threshold)
 
 
 def combined_margin_logits(embeddings, labels, weights, s: float = DEFAULT_MARGINS["combined"]["s"],
@@ -123,8 +140,8 @@ def combined_margin_logits(embeddings, labels, weights, s: float = DEFAULT_MARGI
                            interclass_filtering_threshold: float = 0.0):
     """Combined margin logits [N, C]: target s*(cos(m1*theta + m2) - m3); (1, 0, 0) is the normalised softmax.
     With easy_margin the target stays s*cos(theta) where theta >= pi/2."""
-    return margin_logits(cosine(embeddings, weights), labels, s=s, m1=m1, m2=m2, m3=m3, easy_margin=easy_margin,
-                         interclass_filtering_threshold=interclass_filtering_threshold)
+    return loss_logits("combined", cosine(embeddings, weights), labels, {"s": s, "m1": m1, "m2": m2, "m3": m3},
+                       easy_margin, interclass_filtering_threshold)
 
 
 def softmax_logits(embeddings, labels, weights):

@@ -55,19 +55,10 @@ class MarginHead(keras.layers.Layer):
             initializer=keras.initializers.GlorotNormal(seed=self.seed), dtype="float32")
 
     def call(self, embeddings, labels):
-        weights = self.embedding_weights
-        filtering = self.interclass_filtering_threshold
-        if self.loss == "arcface":
-            return face_losses.arcface_logits(embeddings, labels, weights, **self.margins,
-                                              easy_margin=self.easy_margin, interclass_filtering_threshold=filtering)
-        if self.loss == "cosface":
-            return face_losses.cosface_logits(embeddings, labels, weights, **self.margins,
-                                              interclass_filtering_threshold=filtering)
-        if self.loss == "combined":
-            return face_losses.combined_margin_logits(embeddings, labels, weights, **self.margins,
-                                                      easy_margin=self.easy_margin,
-                                                      interclass_filtering_threshold=filtering)
-        return face_losses.softmax_logits(embeddings, labels, weights)
+        if self.loss == "softmax":
+            return face_losses.softmax_logits(embeddings, labels, self.embedding_weights)
+        return face_losses.loss_logits(self.loss, face_losses.cosine(embeddings, self.embedding_weights), labels,
+                                       self.margins, self.easy_margin, self.interclass_filtering_threshold)
 
     def plain_logits(self, embeddings):
         """Logits without the margin: s*cos(theta) for the margin losses, embeddings @ W for softmax."""

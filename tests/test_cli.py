@@ -19,14 +19,19 @@ from typing import Annotated
 import pytest
 
 from config import Choices, Length, Range
-from config.fields import _ImageSizeRule, _PathRule
+from config.fields import _ImageSizeRule, _PathRule, cli_text
 
 REPO = Path(__file__).resolve().parents[1]
 # An absl/TSL C++ log record ("I0000 00:00:1796123710.191372    9794 port.cc:153] ...") and absl's pre-init banner.
 ABSL_RECORD = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ", re.M)
 ABSL_BANNER = "All log messages before absl::InitializeLog()"
 # Scripts whose import alone (TensorFlow, Keras) takes over ~10 s on a loaded 2-core machine.
-HEAVY = {"bench/bench_model.py", "bench/bench_memory.py", "bench/bench_input_pipeline.py"}
+HEAVY = {"bench/bench_model.py", "bench/bench_memory.py"}
+# Scripts whose --help and bad values load no TensorFlow, Keras, JAX or PyTorch (each costs seconds per run): they
+# import those where they are used.
+NO_TENSORFLOW_SCRIPTS = ["bench/bench_input_pipeline.py", "bench/bench_partial_fc.py", "bench/bench_peer.py",
+                         "bench/gpu_peer.py", "data/mx2tfrecords.py", "training/reshard_head.py"]
+HEAVY_PACKAGES = {"tensorflow", "keras", "jax", "torch"}
 
 
 def _scripts() -> list[str]:
@@ -155,6 +160,8 @@ def test_the_readme_eval_example_gives_the_checkpoint_indices_as_strings():
 
 @pytest.mark.parametrize("script", [_param(s) for s in SCRIPTS])
 def test_help_lists_every_field_with_its_type_default_and_comment(script):
+    """Also shows each script's start quiet; for nets/__main__.py that is `python -m nets`, which imports the nets
+    package (Keras) before nets/__main__.py: config, imported first by nets/__init__.py, quiets TensorFlow in time."""
     result = _run([*_command(script), "--help"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -174,12 +181,34 @@ def test_help_lists_every_field_with_its_type_default_and_comment(script):
     assert not ABSL_RECORD.search(result.stderr) and ABSL_BANNER not in result.stderr, result.stderr[-2000:]
 
 
-def test_nets_module_command_starts_quietly():
-    """`python -m nets` imports the nets package (Keras) before nets/__main__.py: config, imported first by
-    nets/__init__.py, recognises the -m run and quiets TensorFlow in time."""
-    result = _run([sys.executable, "-m", "nets", "--help"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert not ABSL_RECORD.search(result.stderr) and ABSL_BANNER not in result.stderr, result.stderr[-2000:]
+def _imported_packages(import_log: str) -> set[str]:
+    """The top-level packages that `python -X importtime` lists as imported ("import time: self | total | name")."""
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in import_log.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def _a_refused_argument(script: str) -> str:
+    """`--key=value` for the first field of the script with a number the declared rules refuse."""
+    args_class = _args_class(script)
+    for key, tp in args_class.fields().items():
+        numbers = [value for value in _refused_values(tp) if not isinstance(value, str)]
+        if numbers:
+            return f"--{key}={cli_text(numbers[0])}"
+    raise AssertionError(f"{script}: no field with a numeric rule")
+
+
+@pytest.mark.parametrize("script", NO_TENSORFLOW_SCRIPTS)
+def test_help_and_a_bad_value_load_no_tensorflow(script):
+    help_run = _run([sys.executable, "-X", "importtime", *_command(script)[1:], "--help"])
+    assert help_run.returncode == 0 and "--help" in help_run.stdout, help_run.stderr[-2000:]
+    argument = _a_refused_argument(script)
+    bad_run = _run([sys.executable, "-X", "importtime", *_command(script)[1:], argument])
+    errors = [line for line in bad_run.stderr.splitlines() if not line.startswith("import time:")]
+    assert bad_run.returncode == 2 and len(errors) == 1 and argument[2:].split("=")[0] in errors[0], errors
+    for run in (help_run, bad_run):
+        imported = _imported_packages(run.stderr)
+        assert "config" in imported, "no import log: -X importtime did not run"
+        assert not imported & HEAVY_PACKAGES, f"{script} {run.args[-1]} imported {imported & HEAVY_PACKAGES}"
 
 
 def test_dash_h_is_help_too():
@@ -283,8 +312,9 @@ def test_a_tensorflow_log_line_is_printed_once_when_tensorflow_was_imported_firs
 
 @pytest.mark.parametrize("how", [{"env": {"TF_CPP_MIN_LOG_LEVEL": "0"}}, {"argv": ["--debug"]}])
 def test_tensorflow_start_up_log_is_kept_when_asked_for(how):
-    """The help test above shows it hidden by default; a user's TF_CPP_MIN_LOG_LEVEL or --debug keeps it."""
-    result = _run([sys.executable, "train_nets.py", "--help", *how.get("argv", [])], env=how.get("env"))
+    """The help test above shows it hidden by default; a user's TF_CPP_MIN_LOG_LEVEL or --debug keeps it. `python -m
+    nets --help` loads TensorFlow (the nets package imports Keras), as few --help runs do."""
+    result = _run([sys.executable, "-m", "nets", "--help", *how.get("argv", [])], env=how.get("env"))
     assert result.returncode == 0
     assert ABSL_RECORD.search(result.stderr), result.stderr[-2000:]
 

@@ -24,7 +24,7 @@ DOCUMENTED = {"demo.py": "demo", "align/align_dataset_mtcnn.py": "align.align_da
               "export.py": "export", "recognize.py": "recognize", "identify.py": "identify",
               "python -m eval.make_bin": "eval.make_bin",
               "python -m data.mx2tfrecords": "data.mx2tfrecords", "python -m data.synthetic": "data.synthetic",
-              "python -m nets": "nets.__main__"}
+              "python -m nets": "nets.__main__", "python -m training.reshard_head": "training.reshard_head"}
 
 
 def _generator(*argv: str) -> subprocess.CompletedProcess:

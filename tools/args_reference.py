@@ -44,6 +44,7 @@ SCRIPTS = [
     ("python -m data.mx2tfrecords", "data.mx2tfrecords"),
     ("python -m data.synthetic", "data.synthetic"),
     ("python -m nets", "nets.__main__"),
+    ("python -m training.reshard_head", "training.reshard_head"),
 ]
 INTRO = """\
 # Args reference

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from common.files import replacing
@@ -60,12 +61,15 @@ RUN_FIELDS = frozenset({
     "aug_cutout_fill",
     # the starting point
     "restore_path", "restore_head",
+    # Partial FC: another checkpoint layout of the class weights (the shards follow the replica count: check_head_layout)
+    "partial_fc",
 })
 # Free to change on a resumed run (logged): schedule, optimisation, devices, validation, outputs, logging. sync_bn
 # and the device counts change how replicas share the work, not the weights.
 ADJUSTABLE_FIELDS = frozenset({
     "epoch", "max_steps", "lr_values", "lr_steps", "lr_steps_scaled", "lr_steps_as_seed_ran", "momentum",
     "weight_decay", "clip_grad_norm", "grad_accum_steps", "jit_compile", "sync_bn", "num_gpus", "multi_worker",
+    "sample_rate",
     "eval_bins", "eval_db_path", "eval_dataset", "eval_pair", "validate_interval",
     "ckpt_path", "summary_path", "log_file_path", "saver_maxkeep", "ckpt_interval", "summary_interval",
     "show_info_interval",
@@ -326,6 +330,61 @@ def _refuse_other_classes(path: Path, saved: list[str], now: list[str]) -> None:
                      f"classes: give a new ckpt_path, or the data it was trained on.")
 
 
+# Checkpoint keys of the class weights: the full head's [D, C] matrix, a Partial FC head's shards [rows, D] (numbered
+# on each worker from 0) and its layout (losses.partial_fc.PartialFC.layout).
+FULL_HEAD_KEY = "head/embedding_weights/.ATTRIBUTES/VARIABLE_VALUE"
+SHARD_KEY = re.compile(r"^head/shards/(\d+)/\.ATTRIBUTES/VARIABLE_VALUE$")
+LAYOUT_KEY = "head/layout/.ATTRIBUTES/VARIABLE_VALUE"
+RESHARD_COMMAND = "python -m training.reshard_head"
+
+
+def head_layout(prefix: str) -> dict[str, int] | None:
+    """The Partial FC layout a checkpoint was written with (first_shard, local_shards, num_shards, num_classes), or
+    None for a full head."""
+    with reading(prefix):
+        reader = tf.train.load_checkpoint(prefix)
+    if not reader.has_tensor(LAYOUT_KEY):
+        return None
+    first, local, total, classes = (int(v) for v in reader.get_tensor(LAYOUT_KEY))
+    return {"first_shard": first, "local_shards": local, "num_shards": total, "num_classes": classes}
+
+
+def check_head_layout(prefix: str, head) -> None:
+    """ValueError before a resume when the Partial FC head built now splits the classes otherwise than the checkpoint
+    (another replica count): naming both and the re-shard command."""
+    saved = head_layout(prefix)
+    now = head.layout_dict() if hasattr(head, "layout_dict") else None
+    if saved == now:
+        return
+
+    def describe(layout: dict[str, int] | None) -> str:
+        return "the full head" if layout is None else f"{layout['num_shards']} Partial FC shard(s)"
+
+    raise ValueError(f"checkpoint {prefix} holds its class weights as {describe(saved)}, this run builds "
+                     f"{describe(now)} (a Partial FC head has one shard per replica): resume it on "
+                     f"{saved['num_shards'] if saved else 'any number of'} replica(s), or re-shard it into a new run "
+                     f"folder: {RESHARD_COMMAND} --ckpt_path=<run folder> --num_shards=<replicas>")
+
+
+def read_class_weights(prefix: str) -> np.ndarray:
+    """The class weights [D, C] of a checkpoint, from the full head or from every Partial FC shard of a one-machine
+    run (a multi-worker run's checkpoints each hold their worker's shards only: ValueError)."""
+    with reading(prefix):
+        reader = tf.train.load_checkpoint(prefix)
+        if reader.has_tensor(FULL_HEAD_KEY):
+            return reader.get_tensor(FULL_HEAD_KEY)
+        layout = head_layout(prefix)
+        if layout is None:
+            raise ValueError(f"checkpoint {prefix} holds no class weights")
+        if layout["local_shards"] != layout["num_shards"]:
+            raise ValueError(f"checkpoint {prefix} holds Partial FC shards {layout['first_shard']}.."
+                             f"{layout['first_shard'] + layout['local_shards'] - 1} of {layout['num_shards']} (one "
+                             "worker's): restore the class weights from a one-machine run's checkpoint")
+        shards = [reader.get_tensor(f"head/shards/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+                  for i in range(layout["local_shards"])]
+    return np.concatenate(shards, axis=0).T
+
+
 def restore_run(checkpoint: tf.train.Checkpoint, prefix: str) -> None:
     """Restores a run's own checkpoint (resume); ValueError naming it when it does not fit the network built."""
     try:
@@ -364,7 +423,9 @@ def _restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path:
     prefix = resolve_checkpoint(path)
     if is_object_checkpoint(prefix):
         restore_embedding_weights(model, prefix)
-        if with_head:
+        if with_head and hasattr(head, "assign_full"):  # a Partial FC head takes its shards' rows of any layout
+            head.assign_full(_fitting_class_weights(read_class_weights(prefix), head, prefix))
+        elif with_head:
             with reading(prefix):
                 tf.train.Checkpoint(head=head).read(prefix).expect_partial().assert_existing_objects_matched()
         log.info("fine-tuning from %s (%s)", prefix, "backbone and class weights" if with_head else "backbone")
@@ -375,6 +436,14 @@ def _restore_for_fine_tuning(model: keras.Model, head: keras.layers.Layer, path:
         raise ValueError(f"restore_head: the class weights of {prefix} do not fit the head "
                          f"{tuple(head.embedding_weights.shape)} (see the log)")
     log.info("fine-tuning from the seed checkpoint %s", prefix)
+
+
+def _fitting_class_weights(weights: np.ndarray, head, prefix: str) -> np.ndarray:
+    expected = (head.embedding_size, head.num_classes)
+    if weights.shape != expected:
+        raise ValueError(f"restore_head: the class weights of {prefix} are {weights.shape}, the head needs {expected} "
+                         "(embedding size, classes)")
+    return weights
 
 
 # --- fine-tuning from insightface's released models (nets.pretrained: ONNX, arcface_torch .pth, MXNet zoo) ---------
