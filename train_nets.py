@@ -174,14 +174,14 @@ def validate_args(args: Args) -> None:
     """Checks what the field rules of Args cannot (one field against another); ValueError naming the keys."""
     from eval.sets import check_custom_set
     from losses.margins import check_margin_options
+    from training.step import check_partial_fc_options
 
     check_margin_options(args.loss, args.easy_margin, args.interclass_filtering_threshold)
     if args.sample_rate < 1.0 and not args.partial_fc:
         raise ValueError(f"Args: sample_rate={args.sample_rate} samples the classes of a Partial FC head: set "
                          "partial_fc=true, or leave sample_rate=1.0")
-    if args.partial_fc and (args.jit_compile or args.label_smoothing):
-        raise ValueError("Args: partial_fc=true cannot take jit_compile=true (its sampled class count changes every "
-                         "step) or label_smoothing > 0 (its classes are spread over the replicas): turn those off")
+    if args.partial_fc:
+        check_partial_fc_options(args.jit_compile, args.label_smoothing)
     if args.batch_size % args.grad_accum_steps:
         raise ValueError(f"Args: batch_size={args.batch_size} must be a multiple of "
                          f"grad_accum_steps={args.grad_accum_steps}")
@@ -208,6 +208,7 @@ def train(args: Args, strategy: tf.distribute.Strategy | None = None) -> dict:
 
 
 def _train(args: Args, strategy: tf.distribute.Strategy) -> dict:
+    import keras
     import tensorflow as tf
 
     from data.train_data import open_train_data

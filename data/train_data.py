@@ -300,7 +300,9 @@ class TrainData:
             shard: (index, count): only rows [index * B / count, (index + 1) * B / count) of each batch of B =
                 `batch_size` are read and yielded, flipped and augmented as in the whole batch: worker `index` of
                 `count` reads its own part of the global batch, and the parts of all workers, concatenated in index
-                order, are the unsharded batch. An unreadable image is replaced by another of the same part.
+                order, are the unsharded batch. An unreadable image is replaced by another of the same part; a part
+                that is wholly unreadable by images of the other parts (the batch is skipped by every worker only when
+                none of it reads, as by one process).
         """
         num_batches = self.batches_per_epoch(batch_size) if batch_size > 0 else 0
         if batch_size < 1 or num_batches == 0:
@@ -323,7 +325,14 @@ class TrainData:
         def load(batch_index: np.int64) -> tuple[np.ndarray, np.ndarray, bool]:
             start = int(batch_index) * batch_size
             flip_seed = (seed, epoch, int(batch_index)) if augment else None
-            batch = self.load_batch(order[start:start + batch_size], flip_seed, augmentation, rows)
+            positions = order[start:start + batch_size]
+            batch = self.load_batch(positions, flip_seed, augmentation, rows)
+            if count > 1 and not batch[2]:
+                # Every image of this part is unreadable. Skipping it here alone would leave this worker's stream a
+                # batch short of the others' (and the workers waiting on each other): the whole batch decides, as on
+                # every worker: skipped when none of it reads, else this part takes the other parts' images.
+                images, labels, usable = self.load_batch(positions, flip_seed, augmentation)
+                batch = images[rows], labels[rows], usable
             with self._skipped_lock:
                 this_pass["batches_left"] -= 1
                 this_pass["usable"] += int(batch[2])

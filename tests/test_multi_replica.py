@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,26 @@ def test_worker_shards_concatenate_to_the_unsharded_batches_and_read_only_their_
     for worker in range(2):
         expected = sorted(int(p) for b in (1, 2) for p in order[8 * b + 4 * worker:8 * b + 4 * worker + 4])
         assert reads[worker] == expected
+
+
+def test_a_wholly_unreadable_part_takes_the_other_parts_images_and_keeps_the_workers_in_step(small_faces, tmp_path):
+    """Worker 0's part of the first batch is all garbage: it must still yield that batch (else its stream runs a
+    batch short of worker 1's and the workers wait on each other), with images of worker 1's part. No flips: a
+    replacement image is flipped as the row it fills."""
+    faces = shutil.copytree(small_faces, tmp_path / "faces")
+    data = open_train_data(str(faces), image_size=(16, 16))
+    order = data.epoch_order(seed=5, epoch=0)
+    clean = list(data.dataset(8, epoch=0, seed=5, augment=False, shard=(1, 2)).as_numpy_iterator())
+    for position in order[:4]:  # worker 0's rows of batch 0
+        Path(data.images.describe(int(position))).write_bytes(b"not an image")
+    data = open_train_data(str(faces), image_size=(16, 16))
+    worker_0, worker_1 = (list(data.dataset(8, epoch=0, seed=5, augment=False, shard=(worker, 2)).as_numpy_iterator())
+                          for worker in range(2))
+    assert len(worker_0) == len(worker_1) == len(clean) == 3
+    for batch, expected in zip(worker_1, clean):  # worker 1 reads as before
+        np.testing.assert_array_equal(batch[0], expected[0])
+    for image, label in zip(*worker_0[0]):  # each of worker 0's rows is one of worker 1's images of that batch
+        assert any(np.array_equal(image, other) and label == other_label for other, other_label in zip(*clean[0]))
 
 
 def test_a_shard_that_does_not_divide_the_batch_is_refused(small_faces):

@@ -457,6 +457,9 @@ def test_two_workers_train_as_one_process_with_the_same_global_batch(faces, tmp_
         assert worker_losses[step] == pytest.approx(loss, rel=LOSS_TOLERANCE), step
 
 
+# Slow: the fast suite runs train_nets_mgpu_new.py end to end on 2 logical devices in test_partial_fc_training.py's
+# runs fixture (and on 2 workers in the test above).
+@pytest.mark.slow
 def test_mgpu_script_end_to_end_on_two_logical_devices(faces, tmp_path):
     result = _run_script("train_nets_mgpu_new.py", [*TINY, f"--train_dataset_dir={faces}", "--num_gpus=2",
                                                     "--max_steps=3", "--ckpt_interval=3", *_out_args(tmp_path)])

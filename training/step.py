@@ -43,9 +43,8 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, head: 
     The loss is scaled when `optimizer` is a keras.optimizers.LossScaleOptimizer (mixed_float16).
     """
     partial_fc = isinstance(head, PartialFC)
-    if partial_fc and (jit_compile or label_smoothing):
-        raise ValueError("partial_fc=true cannot take jit_compile=true (its sampled class count changes every step) "
-                         "or label_smoothing > 0 (its classes are spread over the replicas)")
+    if partial_fc:
+        check_partial_fc_options(jit_compile, label_smoothing)
     replicas = strategy.num_replicas_in_sync
     backbone = model.trainable_variables
     # A PartialFC's shards are no optimiser's variables: each replica updates its own (PartialFC.apply).
@@ -172,6 +171,13 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, head: 
         return metrics
 
     return train_step
+
+
+def check_partial_fc_options(jit_compile: bool, label_smoothing: float) -> None:
+    """ValueError naming the Args keys a Partial FC step cannot take."""
+    if jit_compile or label_smoothing:
+        raise ValueError("Args: partial_fc=true cannot take jit_compile=true (its sampled class count changes every "
+                         "step) or label_smoothing > 0 (its classes are spread over the replicas): turn those off")
 
 
 def smoothed_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, eps: float) -> tf.Tensor:
