@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from losses import face_losses
-from losses.margins import DEFAULT_MARGINS, check_loss, check_margin_options, margins_in_use
+from losses.margins import margins_in_use, resolve_margins
 
 # The name of the seed's variable scope of the class weights, whatever the loss; a training head keeps it.
 SEED_HEAD_NAME = "arcface_loss"
@@ -33,18 +33,13 @@ class MarginHead(keras.layers.Layer):
     def __init__(self, num_classes: int, loss: str = "arcface", margins: dict[str, float] | None = None,
                  seed: int | None = None, easy_margin: bool = False, interclass_filtering_threshold: float = 0.0,
                  **kwargs) -> None:
-        check_loss(loss)
-        check_margin_options(loss, easy_margin, interclass_filtering_threshold)
-        margins = dict(margins or {})
-        unknown = set(margins) - set(DEFAULT_MARGINS[loss])
-        if unknown:
-            raise ValueError(f"loss {loss!r} takes margins {sorted(DEFAULT_MARGINS[loss])}; received {sorted(unknown)}")
+        margins = resolve_margins(loss, margins, easy_margin, interclass_filtering_threshold)
         kwargs.setdefault("name", f"{loss}_loss")
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.loss = loss
-        self.margins = {**DEFAULT_MARGINS[loss], **margins}
+        self.margins = margins
         self.seed = seed
         self.easy_margin = bool(easy_margin)
         self.interclass_filtering_threshold = float(interclass_filtering_threshold)

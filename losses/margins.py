@@ -45,3 +45,16 @@ def check_margin_options(loss: str, easy_margin: bool, interclass_filtering_thre
     if interclass_filtering_threshold and loss not in COSINE_LOSSES:
         raise ValueError(f"interclass_filtering_threshold={interclass_filtering_threshold} applies to loss "
                          f"{', '.join(COSINE_LOSSES)} (it compares cosines); loss={loss!r} has none: leave it 0")
+
+
+def resolve_margins(loss: str, margins: dict[str, float] | None, easy_margin: bool,
+                    interclass_filtering_threshold: float) -> dict[str, float]:
+    """A head's margins: `margins` (overrides) over the loss's defaults, after checking the loss, the margin names and
+    the margin options (check_margin_options); ValueError naming what is wrong."""
+    check_loss(loss)
+    check_margin_options(loss, easy_margin, interclass_filtering_threshold)
+    margins = dict(margins or {})
+    unknown = set(margins) - set(DEFAULT_MARGINS[loss])
+    if unknown:
+        raise ValueError(f"loss {loss!r} takes margins {sorted(DEFAULT_MARGINS[loss])}; received {sorted(unknown)}")
+    return {**DEFAULT_MARGINS[loss], **margins}

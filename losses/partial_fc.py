@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from losses import face_losses
-from losses.margins import DEFAULT_MARGINS, check_loss, check_margin_options
+from losses.margins import resolve_margins
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,7 @@ class PartialFC(tf.Module):
                  optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 0.0,
                  name: str = "partial_fc") -> None:
         super().__init__(name=name)
-        check_loss(loss)
-        check_margin_options(loss, easy_margin, interclass_filtering_threshold)
-        margins = dict(margins or {})
-        unknown = set(margins) - set(DEFAULT_MARGINS[loss])
-        if unknown:
-            raise ValueError(f"loss {loss!r} takes margins {sorted(DEFAULT_MARGINS[loss])}; received {sorted(unknown)}")
+        margins = resolve_margins(loss, margins, easy_margin, interclass_filtering_threshold)
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate} must be in (0, 1] (1 = every class centre)")
         if optimizer not in OPTIMIZERS:
@@ -121,7 +116,7 @@ class PartialFC(tf.Module):
                              f"do not lie in 0..{num_shards - 1}")
         self.num_classes, self.embedding_size = int(num_classes), int(embedding_size)
         self.loss_name = loss
-        self.margins = {**DEFAULT_MARGINS[loss], **margins}
+        self.margins = margins
         self.easy_margin, self.interclass_filtering_threshold = bool(easy_margin), float(interclass_filtering_threshold)
         self.sample_rate, self.seed = float(sample_rate), int(seed)
         self.optimizer, self.momentum, self.weight_decay = optimizer, float(momentum), float(weight_decay)

@@ -9,20 +9,18 @@ import functools
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import train_nets
 from data import synthetic
-from test_training import REPO, TINY, _logged_losses, _out_args, _run_script, _saved_values
+from test_training import (REPO, TINY, _killed_after_its_first_checkpoint, _logged_losses, _out_args,
+                           _run_script, _saved_values)
 from training import checkpoints
 from training.reshard_head import reshard_run
 
@@ -196,17 +194,8 @@ def test_sampled_partial_fc_resumes_after_sigkill_as_an_uninterrupted_run(faces,
     assert "classes sampled" in reference.stderr
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "train_nets.py", *common, "--max_steps=1000000", *_out_args(killed)],
-                               cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    state = killed / "ckpt" / "checkpoint"
-    deadline = time.time() + 300
-    while not state.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    latest = tf.train.latest_checkpoint(str(killed / "ckpt"))
-    assert latest is not None and 3 <= int(latest.rsplit("-", 1)[1]) < 9
+    latest = _killed_after_its_first_checkpoint(common, killed)
+    assert 3 <= int(latest.rsplit("-", 1)[1]) < 9
 
     resumed = _run_script("train_nets.py", [*common, "--max_steps=9", *_out_args(killed)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -284,24 +284,30 @@ def _assert_every_weight_is_one_of(model: keras.Model, sources: list[np.ndarray]
     assert len(weights) > 50
 
 
+def _killed_after_its_first_checkpoint(argv: list[str], out: Path) -> str:
+    """Starts `train_nets.py argv` without a step limit into `out`, SIGKILLs it once its first checkpoint is written
+    and returns the latest checkpoint it left."""
+    process = subprocess.Popen([sys.executable, "train_nets.py", *argv, "--max_steps=1000000", *_out_args(out)],
+                               cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    state = out / "ckpt" / "checkpoint"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    latest = tf.train.latest_checkpoint(str(out / "ckpt"))
+    assert latest is not None, "the killed run wrote no checkpoint"
+    return latest
+
+
 def test_resume_after_sigkill_continues_at_the_checkpoint(faces, tmp_path):
     common = [*TINY, f"--train_dataset_dir={faces}", "--ckpt_interval=3"]
     reference = _run_script("train_nets.py", [*common, "--max_steps=12", *_out_args(tmp_path / "ref")])
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process = subprocess.Popen([sys.executable, "train_nets.py", *common, "--max_steps=1000000",
-                                *_out_args(killed_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    state = killed_dir / "ckpt" / "checkpoint"
-    deadline = time.time() + 300
-    while not state.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    latest = tf.train.latest_checkpoint(str(killed_dir / "ckpt"))
-    assert latest is not None, "the killed run wrote no checkpoint"
+    latest = _killed_after_its_first_checkpoint(common, killed_dir)
     killed_step = int(latest.rsplit("-", 1)[1])
     assert 3 <= killed_step < 12
     # What a crash in the middle of the next save would leave: files of a newer checkpoint, state file untouched.
