@@ -250,3 +250,10 @@ def test_partial_fc_options_it_cannot_take_are_refused_by_name(faces, tmp_path, 
     with pytest.raises(ValueError, match=key):
         train_nets.train(args)
     assert not (tmp_path / "ckpt").exists()  # refused before anything is written
+
+
+def test_a_full_head_run_splits_into_shards_with_the_same_class_weights(runs, tmp_path):
+    written = reshard_run(runs["full"] / "ckpt", 2, tmp_path / "split")
+    assert checkpoints.head_layout(written)["num_shards"] == 2
+    np.testing.assert_array_equal(checkpoints.read_class_weights(written),
+                                  checkpoints.read_class_weights(_checkpoint(runs["full"], 3)))

@@ -366,6 +366,15 @@ def check_head_layout(prefix: str, head) -> None:
                      f"folder: {RESHARD_COMMAND} --ckpt_path=<run folder> --num_shards=<replicas>")
 
 
+def full_head_classes(prefix: str) -> int:
+    """The class count of a full-head checkpoint, from its shapes (the weights are not read)."""
+    with reading(prefix):
+        shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    if FULL_HEAD_KEY not in shapes:
+        raise ValueError(f"checkpoint {prefix} holds no class weights")
+    return int(shapes[FULL_HEAD_KEY][1])
+
+
 def read_class_weights(prefix: str) -> np.ndarray:
     """The class weights [D, C] of a checkpoint, from the full head or from every Partial FC shard of a one-machine
     run (a multi-worker run's checkpoints each hold their worker's shards only: ValueError)."""

@@ -60,7 +60,7 @@ def reshard_run(ckpt_path: str | Path, num_shards: int, output_path: str | Path)
         raise ValueError(f"Args: ckpt_path={run_dir}: {prefix} holds one worker's shards of a multi-worker run "
                          f"({layout['local_shards']} of {layout['num_shards']}); it cannot be re-sharded alone")
     run_args = train_nets.Args.load(args_file, strict=False)
-    num_classes = checkpoints.read_class_weights(prefix).shape[1]
+    num_classes = layout["num_classes"] if layout else checkpoints.full_head_classes(prefix)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(run_args.mixed_precision)
     try:
