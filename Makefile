@@ -30,11 +30,17 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 demo: setup
 	$(BIN)/python demo.py
 
+# pytest-xdist workers: one per core, at most 4; whole files go to one worker, so a module's fixtures run once.
+# Most tests spend their time in one-core Python (imports, tracing), so 2 workers on 2 cores halve the wall time.
+# `make test TEST_WORKERS=0` runs in this process, serially.
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile
+
 test: setup-test
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-slow: setup-test
-	$(BIN)/python -m pytest -m slow
+	$(PYTEST) -m slow
 
 # Every bench/bench_*.py, then one table of bench/results/*.json (bench/README.md); BENCH_ARGS=--quick=true for a check.
 bench: setup

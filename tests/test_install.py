@@ -12,7 +12,9 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_TOOLS = {"pytest", "nbclient", "nbformat", "ipykernel"}  # what tests/ imports beyond what the code does
+# What the tests need beyond what the code does: pytest and its parallel workers (pytest-xdist, execnet), the notebook
+# runner.
+TEST_TOOLS = {"pytest", "pytest-xdist", "execnet", "nbclient", "nbformat", "ipykernel"}
 
 
 def requirement_lines(path: Path) -> list[str]:

@@ -24,17 +24,17 @@ def test_plain():
 '''
 
 
-def run_copied_suite(tmp_path: Path, data: str | None) -> subprocess.CompletedProcess:
-    """pytest in a fresh process on a copy of our conftest beside a generated test file, in tmp/repo, with
-    tmp/shared/data absent (data None), present but empty (''), or holding the folder `data`."""
+def run_copied_suite(tmp_path: Path, data: str | None, *options: str) -> subprocess.CompletedProcess:
+    """pytest (with `options`) in a fresh process on a copy of our conftest beside a generated test file, in
+    tmp/repo, with tmp/shared/data absent (data None), present but empty (''), or holding the folder `data`."""
     repo = tmp_path / "repo"
     (repo / "tests").mkdir(parents=True)
     shutil.copy(TESTS / "conftest.py", repo / "tests" / "conftest.py")
     (repo / "tests" / "test_generated.py").write_text(GENERATED_TEST)
     if data is not None:
         (tmp_path / "shared" / "data" / data).mkdir(parents=True)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", "tests"], cwd=repo,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", *options, "tests"],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
 
 
 def test_skip_names_the_missing_path_and_passes_without_shared_data(tmp_path):
@@ -45,8 +45,10 @@ def test_skip_names_the_missing_path_and_passes_without_shared_data(tmp_path):
     assert "FAILED" not in done.stdout
 
 
-def test_skip_while_shared_data_is_present_fails_the_run(tmp_path):
-    done = run_copied_suite(tmp_path, "")
+# `make test` runs the suite on pytest-xdist workers: the hook must see the workers' skips too.
+@pytest.mark.parametrize("options", [(), ("-n", "2", "--dist", "loadfile")], ids=["one process", "two workers"])
+def test_skip_while_shared_data_is_present_fails_the_run(tmp_path, options):
+    done = run_copied_suite(tmp_path, "", *options)
     assert done.returncode == 1, done.stdout
     assert "1 passed, 1 skipped" in done.stdout  # the test itself still skipped: the hook turned it into a failure
     assert (f"FAILED: 1 test(s) needing real-face data skipped although {tmp_path / 'shared' / 'data'} is present: "
