@@ -89,25 +89,23 @@ def test_orl_split_links_train_and_heldout_identities(tmp_path):
 @pytest.mark.slow
 def test_orl_training_beats_the_untrained_network(orl_faces, tmp_path):
     """tools/orl_recipe.py's recipe from scratch on ORL s1-s30; verification of the held-out s31-s40 (10 folds x 30
-    pairs, generate_pairs seed 0) must clear ORL_FLOOR and the same network untrained."""
+    pairs, generate_pairs seed 0) must clear ORL_FLOOR and beat the same network untrained by ORL_GAIN_FLOOR."""
     result = orl_recipe.run(orl_recipe.Args(orl_dir=str(orl_faces), output_dir=str(tmp_path), untrained=True))
     log.info("ORL s31-s40: untrained %.4f, trained %.4f after %d steps in %.0f s (%.0f s CPU)", result["untrained"],
              result["trained"], result["step"], result["wall_s"], result["cpu_s"])
     assert result["trained"] >= ORL_FLOOR
-    assert result["trained"] > result["untrained"]
+    assert result["trained"] >= result["untrained"] + ORL_GAIN_FLOOR
 
 
-# Measured on this 2-core CPU: untrained 0.858, trained 0.880 (300 steps); the floor sits between the two. Not yet a
-# meaningful margin (issue #18): the untrained network at initialisation seeds 0/1/2 scores 0.858/0.830/0.848 on
-# these pairs, a spread as large as the gain, and CosFace at lr [0.01, 0.001] (boundary 250) instead of ArcFace
-# reached only 0.873 (seed 0, 552 s). Issue 16's attempts at 48x40 (embedding 128, dropout 0, CosFace, 400 steps,
-# about 490 s of process CPU each) did worse: 0.842 with the piecewise lr [0.1, 0.01, 0.001] at [300, 370], 0.860
-# (untrained 0.822; seed 1: 0.868, untrained 0.793) with warm-up 40 + cosine from 0.1 and random crops
-# (aug_crop_prob 0.5, area [0.7, 1]). That schedule and those crops at 64x52 with this head: 0.887 (untrained 0.818,
-# seed 0, 674 s CPU) and 0.868 (untrained 0.822, seed 1, 610 s CPU), no better than this recipe. A recipe that
-# learns ORL clearly within this time is still to be found (tools/orl_recipe.py measures one; docs/training.md,
-# "What a recipe buys", has the table).
+# Measured on this 2-core CPU with the recipe (CosFace s=8, strong augmentation, 48x40, 400 steps, ~515 s of process
+# CPU): seed 0 untrained 0.822, trained 0.925 (gain 0.103); seed 1 untrained 0.793, trained 0.898 (gain 0.105). The
+# untrained network scores 0.79-0.86 on these pairs across initialisation seeds and networks; one accuracy on 600
+# pairs carries ~0.015 of binomial noise (~0.02 for a difference of two). The gain floor is 0.6 of the smaller measured
+# gain, 2 noise widths of a difference below it and twice the untrained spread across seeds; ORL_FLOOR lies above
+# every untrained score measured and 0.028 below the lower trained seed. (The previous recipe, 64x64 ArcFace s=64 with
+# piecewise steps, gained 0.022: it fails the gain floor.)
 ORL_FLOOR = 0.87
+ORL_GAIN_FLOOR = 0.06
 
 
 @pytest.mark.slow
