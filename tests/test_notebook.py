@@ -180,7 +180,8 @@ get_ipython().register_magic_function(recording_pip, "line", "pip")
 '''
 ALIVE = "'the kernel went on'"
 # What the notebook must leave alone on Colab: the test tools and the Jupyter stack of Colab's runtime.
-NOT_FOR_COLAB = {"pytest", "pytest-xdist", "execnet", "nbclient", "nbformat", "ipykernel", "ipython", "jupyter-client", "tornado", "notebook"}
+NOT_FOR_COLAB = {"pytest", "pytest-xdist", "execnet", "nbclient", "nbformat", "ipykernel", "ipython", "jupyter-client",
+                 "tornado", "notebook"}
 
 
 def run_install_cell(tmp_path: Path, colab_tensorflow: bool, pip_installs: bool) -> nbformat.NotebookNode:
