@@ -301,8 +301,8 @@ class TrainData:
                 `batch_size` are read and yielded, flipped and augmented as in the whole batch: worker `index` of
                 `count` reads its own part of the global batch, and the parts of all workers, concatenated in index
                 order, are the unsharded batch. An unreadable image is replaced by another of the same part; a part
-                that is wholly unreadable by images of the other parts (the batch is skipped by every worker only when
-                none of it reads, as by one process).
+                that is wholly unreadable takes images of the other parts (every worker skips the batch only when none
+                of it reads, as one process does).
         """
         num_batches = self.batches_per_epoch(batch_size) if batch_size > 0 else 0
         if batch_size < 1 or num_batches == 0:

@@ -7,7 +7,10 @@ well above chance, so a trained network must beat its own starting point, not 0.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from nets.spec import NetworkSpec
 from tools import orl_recipe
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _inference_losses(records: list[logging.LogRecord]) -> np.ndarray:
@@ -84,6 +88,24 @@ def test_orl_split_links_train_and_heldout_identities(tmp_path):
     (orl / "s40").rmdir()
     with pytest.raises(ValueError, match="missing s40"):
         orl_recipe.split_identities(orl, tmp_path / "split2", 30)
+
+
+@pytest.mark.parametrize("bad, named", [("--margin_s=-1", "margin_s"), ("--no_such_key=1", "no_such_key"),
+                                        ("--orl_dir={missing}", "no such folder")])
+def test_orl_recipe_command_refuses_bad_input_in_one_line_writing_nothing(tmp_path, bad, named):
+    """The command as docs/training.md gives it, in a fresh process: a bad train_nets override or a missing ORL
+    folder is one error line naming it, exit status 1, and no output folder."""
+    orl = tmp_path / "orl_faces"
+    for index in range(1, orl_recipe.NUM_IDENTITIES + 1):
+        (orl / f"s{index}").mkdir(parents=True)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "tools/orl_recipe.py", f"--orl_dir={orl}", f"--output_dir={out}",
+                           bad.format(missing=tmp_path / "absent")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert done.returncode == 1, done.stderr
+    assert len(errors) == 1 and named in errors[0] and "Traceback" not in done.stderr, done.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -44,6 +44,8 @@ class Args(Config):
 
 def split_identities(orl_dir: Path, root: Path, num_train: int) -> tuple[Path, Path]:
     """s1..s{num_train} to train on, the rest held out, as folders of links (the data stays where it is)."""
+    if not orl_dir.is_dir():
+        raise ValueError(f"orl_dir={orl_dir}: no such folder; expected the ORL folders s1..s{NUM_IDENTITIES}")
     missing = [f"s{index}" for index in range(1, NUM_IDENTITIES + 1) if not (orl_dir / f"s{index}").is_dir()]
     if missing:
         raise ValueError(f"orl_dir={orl_dir}: expected the ORL folders s1..s{NUM_IDENTITIES}; missing "
@@ -117,15 +119,19 @@ def run(args: Args, **overrides: Any) -> dict:
     return result
 
 
-def split_argv(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """This script's --key=value items, and the train_nets ones parsed (with train_nets' rules) into overrides."""
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """This script's items (its --key=value, --help, --debug) and the others, train_nets --key=value overrides."""
+    own = [item for item in argv if item in ("--help", "-h", "--debug")
+           or (item.startswith("--") and item[2:].split("=", 1)[0] in Args.fields())]
+    return own, [item for item in argv if item not in own]
+
+
+def train_overrides(items: list[str]) -> dict[str, Any]:
+    """train_nets --key=value items parsed with train_nets' rules: {key: value} of the keys given."""
     import train_nets
 
-    own = [item for item in argv if item.startswith("--") and item[2:].split("=", 1)[0] in Args.fields()]
-    others = [item for item in argv if item not in own]
-    given = {item[2:].split("=", 1)[0] for item in others}
-    parsed = train_nets.Args.from_cli(others)
-    return own, {key: getattr(parsed, key) for key in given}
+    parsed = train_nets.Args.from_cli(items)
+    return {key: getattr(parsed, key) for key in {item[2:].split("=", 1)[0] for item in items}}
 
 
 def main(args: Args, overrides: dict[str, Any]) -> dict:
@@ -138,11 +144,9 @@ def main(args: Args, overrides: dict[str, Any]) -> dict:
 
 
 def cli() -> NoReturn:
-    argv = sys.argv[1:]
-    if "--help" in argv or "-h" in argv:
-        run_script(Args, print_figures, argv)
-    own, overrides = split_argv(argv)
-    run_script(Args, lambda args: print_figures(args, overrides), own)
+    # The overrides are parsed inside run_script's main, so that a bad one is one line naming it, like a bad own key.
+    own, train_items = split_argv(sys.argv[1:])
+    run_script(Args, lambda args: print_figures(args, train_overrides(train_items)), own)
 
 
 def print_figures(args: Args, overrides: dict[str, Any] | None = None) -> int:
