@@ -110,7 +110,8 @@ def test_keras_file_without_preprocessing_round_trips(network, images, tmp_path)
     formats.export_model(network, tmp_path, ["keras"], inputs)
     loaded = keras.saving.load_model(tmp_path / "embedding.keras", compile=False)
     reference = network(inputs, training=False).numpy()
-    assert relative_difference(loaded(inputs, training=False).numpy(), reference) < 1e-6
+    # float32 round-off only: the loaded file's plain Keras batch norm is computed apart from the fused kernel
+    assert relative_difference(loaded(inputs, training=False).numpy(), reference) < 1e-5
 
 
 @pytest.mark.slow
@@ -419,10 +420,13 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_model_code_and_deploy_preprocessing_import_no_tensorflow():
-    """nets/ (but its TF1 checkpoint reader), deploy.preprocessing and common/ import neither TensorFlow nor the
-    TensorFlow input pipeline (data/), directly or inside a function; nets/ does not reach into deploy/ either."""
+    """nets/ (but its TF1 checkpoint reader and the kernels its layers call on the TensorFlow backend),
+    deploy.preprocessing and common/ import neither TensorFlow nor the TensorFlow input pipeline (data/), directly or
+    inside a function; nets/ does not reach into deploy/ either. (That the kernels stay unimported on another backend
+    is shown by test_deployed_keras_model_is_built_saved_and_run_without_tensorflow.)"""
     files = [REPO / "deploy" / "preprocessing.py", *sorted((REPO / "common").glob("*.py")),
-             *sorted(p for p in (REPO / "nets").glob("*.py") if p.name != "seed_checkpoint.py")]
+             *sorted(p for p in (REPO / "nets").glob("*.py")
+                    if p.name not in ("seed_checkpoint.py", "tensorflow_kernels.py"))]
     offending = {}
     for path in files:
         forbidden = ("tensorflow", "data", "training", "eval") + (("deploy",) if path.parent.name == "nets" else ())
